@@ -1,9 +1,10 @@
 """Run the project's test stages and print what each counted.
 
-Stages: ``lint`` (ruff, ansible-lint production profile), ``sanity`` (ansible-test sanity on a
-copy of the collection under an ``ansible_collections/permguard/secure`` path), ``unit`` (pytest),
-``molecule`` (every scenario, or one with ``--scenario``). ``all`` runs them in that order and ends
-with one ``N passed, N failed`` line.
+Stages: ``lint`` (ruff, ansible-lint production profile); ``sanity`` (ansible-test sanity on a
+copy of the collection under an ``ansible_collections/permguard/secure`` path); ``unit`` (pytest);
+``build`` (the built tarball holds no test files; installed, its docs render); ``molecule`` (every
+scenario, or one with ``--scenario``). ``all`` runs them in that order and ends with one
+``N passed, N failed`` line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +130,41 @@ def stage_unit() -> Stage:
     return stage
 
 
+FORBIDDEN_IN_ARTIFACT = ("tests/", "extensions/molecule/", "bench/", ".ci/", "Makefile", "requirements-test.txt")
+DOCUMENTED = (["-t", "role", "permguard.secure.server"], ["permguard.secure.grpc_tls_probe"])
+
+
+def stage_build() -> Stage:
+    """Build the collection tarball, check it holds no test files, install it, read its docs."""
+    stage = Stage("build")
+    out_dir = CACHE / "build"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    code, out = run(["ansible-galaxy", "collection", "build", "--force", "--output-path", str(out_dir), "."])
+    tarballs = sorted(out_dir.glob("permguard-secure-*.tar.gz"))
+    if code != 0 or not tarballs:
+        stage.failed += 1
+        stage.notes.append("collection build failed")
+        return stage
+    with tarfile.open(tarballs[-1]) as tar:
+        leaked = [n for n in tar.getnames() if n.startswith(FORBIDDEN_IN_ARTIFACT)]
+    stage.passed += not leaked
+    stage.failed += bool(leaked)
+    if leaked:
+        stage.notes.append(f"artifact holds test files: {', '.join(leaked[:5])}")
+    install_to = out_dir / "installed"
+    code = run(["ansible-galaxy", "collection", "install", "--force", "-p", str(install_to), str(tarballs[-1])])[0]
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(install_to))
+    for args in DOCUMENTED:
+        code, out = run(["ansible-doc", *args], env=env)
+        good = code == 0 and "ERROR" not in out and len(out.splitlines()) > 10
+        stage.passed += good
+        stage.failed += not good
+        if not good:
+            stage.notes.append(f"ansible-doc {' '.join(args)} failed")
+    stage.notes.append(f"{tarballs[-1].name}")
+    return stage
+
+
 def scenario_names() -> list[str]:
     """Every molecule scenario of the collection, sorted."""
     return sorted(p.parent.name for p in SCENARIOS.glob("*/molecule.yml"))
@@ -169,15 +206,16 @@ def report(stages: list[Stage]) -> int:
 def main() -> int:
     """Parse arguments and run the requested stages."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("stage", choices=["lint", "sanity", "unit", "molecule", "all"])
+    parser.add_argument("stage", choices=["lint", "sanity", "unit", "build", "molecule", "all"])
     parser.add_argument("--scenario", help="run only this molecule scenario")
     args = parser.parse_args()
     plan = {
         "lint": [stage_lint],
         "sanity": [stage_sanity],
         "unit": [stage_unit],
+        "build": [stage_build],
         "molecule": [lambda: stage_molecule(args.scenario)],
-        "all": [stage_lint, stage_sanity, stage_unit, lambda: stage_molecule(None)],
+        "all": [stage_lint, stage_sanity, stage_unit, stage_build, lambda: stage_molecule(None)],
     }[args.stage]
     stages = []
     for func in plan:
