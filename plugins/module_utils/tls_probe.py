@@ -143,7 +143,7 @@ DIAGNOSIS_CLASSES: Dict[str, str] = {
     ),
     "health_service_unknown": (
         "The health server does not know this service name: leave health_service empty "
-        "(Permguard registers the overall service \"\")."
+        '(Permguard registers the overall service "").'
     ),
     "grpc_error": "The server answered Health/Check with an error status: check its log.",
 }
@@ -687,7 +687,7 @@ async def _tcp_connect(host: str, port: int) -> socket.socket:
     loop = asyncio.get_running_loop()
     infos = await _addresses(host, port)
     error: Optional[BaseException] = None
-    for family, kind, proto, _, address in infos:
+    for family, kind, proto, _canonical, address in infos:
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small HTTP/2 frames must not wait
@@ -1187,8 +1187,11 @@ def summary_line(result: dict) -> str:
     tls = result.get("tls")
     if tls:
         parts.append(f"{tls['version']} {tls['alpn'] or 'no-ALPN'}")
-        parts.append("verified" + (" (SPIFFE)" if result["verification"] == "spiffe" else "")
-                     if result["verified"] else "UNVERIFIED")
+        parts.append(
+            "verified" + (" (SPIFFE)" if result["verification"] == "spiffe" else "")
+            if result["verified"]
+            else "UNVERIFIED"
+        )
         if tls.get("client_cert_requested"):
             parts.append("client certificate required")
     else:

@@ -18,14 +18,14 @@ description:
   - Reports facts per endpoint - health status, timings, TLS version, cipher, ALPN, the peer certificate (subject,
     issuer, serial, validity, days left, SHA-256, SANs, SPIFFE ID, chain length) and whether the server demanded a
     client certificate.
-  - On failure each endpoint gets a O(results[].diagnosis) with a stable C(class), the underlying message and the
+  - On failure each endpoint gets a RV(results[].diagnosis) with a stable C(class), the underlying message and the
     fix, for example C(plaintext_to_tls_server), C(unknown_authority), C(client_cert_required),
     C(not_valid_for_any_names) or C(health_not_serving). When one failed attempt is ambiguous, the module takes a
     second look at the port (an unverified handshake, or a plaintext health check) to tell the causes apart.
   - All endpoints are probed concurrently within one overall O(timeout).
   - The module only reads; it never changes anything, so it runs the same in check mode.
 author:
-  - permguard.secure maintainers
+  - permguard.secure maintainers (@permguard)
 requirements:
   - grpclib >= 0.4.7
   - protobuf >= 3.20
@@ -37,6 +37,7 @@ attributes:
     description: The probe only reads, so it runs (and reports real results) in check mode too.
   diff_mode:
     support: none
+    description: Nothing changes, so there is nothing to show.
 options:
   endpoints:
     description:
@@ -120,7 +121,7 @@ options:
   fail_on_error:
     description:
       - Fail the task when any endpoint fails, with a message naming each failed endpoint, its diagnosis and fix.
-      - With V(false) the task succeeds and failures are only reported in O(results[].ok)/O(results[].diagnosis).
+      - With V(false) the task succeeds and failures are only reported in RV(results[].ok) and RV(results[].diagnosis).
     type: bool
     default: true
 notes:

@@ -76,9 +76,7 @@ class CA:
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-            )
+            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
             .sign(self.key, hashes.SHA256())
         )
         self.cert_file = _write_pem(directory / f"{name}-ca.pem", self.cert)
@@ -203,6 +201,8 @@ KNOWN_HEALTH_SERVICES = ("", "policydecisionpoint.V1PDPService")
 
 def _health_check(request: HealthCheckRequest, context: grpc.ServicerContext) -> HealthCheckResponse:
     # grpc-go's health server: a registered name is SERVING, any other is NOT_FOUND.
+    if request.service == "broken":
+        context.abort(grpc.StatusCode.UNAVAILABLE, "storage is down")
     if request.service not in KNOWN_HEALTH_SERVICES:
         context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
     return HealthCheckResponse(status=HealthCheckResponse.SERVING)
@@ -270,7 +270,7 @@ class TLSFront:
     def _accept(self) -> None:
         while not self.closed.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn = self.sock.accept()[0]
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
@@ -300,7 +300,7 @@ class TLSFront:
                 side.setblocking(False)
                 selector.register(side, selectors.EVENT_READ)
             while not self.closed.is_set():
-                for key, _ in selector.select(0.2):
+                for key, _events in selector.select(0.2):
                     if not self._pump(key.fileobj, peers[key.fileobj]):  # type: ignore[index]
                         return
 
@@ -386,6 +386,24 @@ class ServerFactory:
                 self.closers.append(GrpclibServer(self.loops, ctx, None, (host, first.port)).close)
             ports[name] = first.port
         return ports
+
+    def banner_listener(self, banner: bytes = b"SSH-2.0-OpenSSH_9.2\r\n") -> int:
+        """A port that is neither TLS nor gRPC: it sends a banner and hangs up."""
+        sock = _bound_socket()
+        sock.listen(16)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn = sock.accept()[0]
+                except OSError:
+                    return
+                with conn:
+                    conn.sendall(banner)
+
+        threading.Thread(target=serve, name="banner", daemon=True).start()
+        self.closers.append(sock.close)
+        return sock.getsockname()[1]
 
     def silent_listener(self) -> int:
         """A socket that accepts TCP connections (kernel backlog) and never says a word."""

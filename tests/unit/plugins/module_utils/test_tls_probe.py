@@ -8,6 +8,7 @@ import hashlib
 import os
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -99,8 +100,10 @@ def test_tls_with_the_right_ca(servers, pki, server_ctx):
     assert result["warnings"] == []
 
 
-def test_tls_client_to_plaintext_server(servers, pki):
-    result = probe(tls_url(servers.grpclib()), ca_file=pki.ca.cert_file)
+@pytest.mark.parametrize("kind", ["grpclib", "grpcio"])
+def test_tls_client_to_plaintext_server(servers, pki, kind):
+    port = servers.grpclib() if kind == "grpclib" else servers.grpcio_plain()
+    result = probe(tls_url(port), ca_file=pki.ca.cert_file)
     assert_diagnosis(result, "tls_to_plaintext_server", "answers gRPC in plaintext")
 
 
@@ -114,11 +117,26 @@ def test_plaintext_client_to_go_like_tls_server(servers, pki, server_ctx):
     assert_diagnosis(result, "plaintext_to_tls_server")
 
 
+def test_plaintext_client_to_grpcio_tls_server(servers, pki):
+    assert_diagnosis(probe(plain_url(servers.grpcio_mtls(pki))), "plaintext_to_tls_server")
+
+
+def test_port_that_speaks_neither_tls_nor_grpc(servers, pki):
+    port = servers.banner_listener()
+    assert_diagnosis(probe(tls_url(port), ca_file=pki.ca.cert_file), "tls_handshake_failed", "did not answer with TLS")
+    assert_diagnosis(probe(plain_url(port)), "connection_closed")
+
+
 def test_unknown_authority(servers, pki, server_ctx):
     result = probe(tls_url(servers.grpclib(server_ctx(pki.server_other))), ca_file=pki.ca.cert_file)
     assert_diagnosis(result, "unknown_authority", "unable to get local issuer certificate", "CN=Some Other CA")
     # The certificate comes from a second, unverified look, so the operator sees who issued it.
     assert result["peer_certificate"]["issuer"] == "CN=Some Other CA"
+
+
+def test_unknown_authority_with_the_system_trust_store(servers, pki, server_ctx):
+    result = probe(tls_url(servers.grpclib(server_ctx(pki.server))))
+    assert_diagnosis(result, "unknown_authority")
 
 
 def test_nothing_listening(servers):
@@ -231,6 +249,12 @@ def test_certificate_expired(servers, pki, server_ctx):
 def test_certificate_not_yet_valid(servers, pki, server_ctx):
     result = probe(tls_url(servers.grpclib(server_ctx(pki.future))), ca_file=pki.ca.cert_file)
     assert_diagnosis(result, "certificate_not_yet_valid", "not yet valid", "valid from 20")
+
+
+def test_certificate_for_another_purpose(servers, pki, server_ctx):
+    """A client-only certificate (extended key usage clientAuth) used as the server's."""
+    result = probe(tls_url(servers.grpclib(server_ctx(pki.client))), ca_file=pki.ca.cert_file)
+    assert_diagnosis(result, "certificate_invalid", "certificate purpose")
 
 
 def test_hostname_mismatch(servers, pki, server_ctx):
@@ -361,6 +385,29 @@ def test_workload_api_socket_nobody_listens_on(servers, tmp_path):
     assert_diagnosis(result, "workload_api_unavailable", "nothing accepts connections")
 
 
+def test_socket_that_is_not_a_workload_api(servers, tmp_path):
+    """Through py-spiffe for real: a Unix socket that accepts and hangs up gives no SVID."""
+    path = str(tmp_path / "api.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(4)
+
+    def hang_up() -> None:
+        while True:
+            try:
+                listener.accept()[0].close()
+            except OSError:
+                return
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        options = ProbeOptions(spiffe_socket=f"unix://{path}", timeout=5)
+        result = run_probes([parse_endpoint(tls_url(servers.grpclib()))], options)[0]
+    finally:
+        listener.close()
+    assert_diagnosis(result, "workload_api_unavailable", "fetching the X.509-SVID failed")
+
+
 # --------------------------------------------------------------------------- health answers
 
 
@@ -371,6 +418,11 @@ def test_health_unimplemented(servers):
 def test_health_service_unknown(servers):
     result = probe(plain_url(servers.grpcio_plain()), health_service="permguard.Unknown")
     assert_diagnosis(result, "health_service_unknown", "NOT_FOUND", "permguard.Unknown")
+
+
+def test_health_error_status(servers):
+    result = probe(plain_url(servers.grpcio_plain()), health_service="broken")
+    assert_diagnosis(result, "grpc_error", "UNAVAILABLE: storage is down")
 
 
 def test_named_health_service(servers):
@@ -392,7 +444,7 @@ def test_hosts_times_ports_probed_concurrently(servers, pki, server_ctx):
 
 
 def test_one_overall_timeout_for_all_endpoints(servers):
-    endpoints = [parse_endpoint(plain_url(servers.silent_listener())) for _ in range(9)]
+    endpoints = [parse_endpoint(plain_url(servers.silent_listener())) for _count in range(9)]
     endpoints.append(parse_endpoint(plain_url(servers.grpclib())))
     started = time.monotonic()
     results = run_probes(endpoints, ProbeOptions(timeout=3))
