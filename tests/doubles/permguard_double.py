@@ -1367,10 +1367,14 @@ def _make_server(handlers: List[Any], context: Optional[ssl.SSLContext], log: Js
 
 
 def listen(port: int, backlog: int = 128) -> socket.socket:
-    """Listen on ``:port`` like Go: dual-stack ``::``, or ``0.0.0.0`` when IPv6 is unavailable."""
+    """Listen on ``:port`` like Go: dual-stack ``::``, or ``0.0.0.0`` when IPv6 is unavailable.
+
+    The socket is created with ``IPPROTO_TCP`` so grpclib sets ``TCP_NODELAY`` on accepted
+    connections, as Go does by default (otherwise every answer waits for delayed ACKs).
+    """
     sock = None
     try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(("::", port))
@@ -1381,7 +1385,7 @@ def listen(port: int, backlog: int = 128) -> socket.socket:
         if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT, errno.EINVAL):
             raise StartupError(f"listen tcp :{port}: bind: {go_strerror(exc)}") from None
     if sock is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0", port))
