@@ -67,7 +67,14 @@ step_network() {
 }
 
 step_release() {
+  # The role keeps a release's checksums.txt once fetched (a published release never changes);
+  # the double's assets do change, so a rebuilt release also empties the controller cache.
+  local sums="$cache/release/v0.0.52/checksums.txt" before=""
+  [ -f "$sums" ] && before="$(sha256sum <"$sums")"
   "$venv/bin/python" "$root/tests/doubles/build_release.py" --out "$cache/release" >/dev/null
+  if [ "$before" != "$(sha256sum <"$sums")" ]; then
+    rm -rf "$cache/controller"
+  fi
 }
 
 steps=("$@")
