@@ -131,7 +131,12 @@ def stage_unit() -> Stage:
 
 
 FORBIDDEN_IN_ARTIFACT = ("tests/", "extensions/molecule/", "bench/", ".ci/", "Makefile", "requirements-test.txt")
-DOCUMENTED = (["-t", "role", "permguard.secure.server"], ["permguard.secure.grpc_tls_probe"])
+DOCUMENTED = (
+    ["-t", "role", "permguard.secure.server"],
+    ["permguard.secure.grpc_tls_probe"],
+    ["permguard.secure.certificate"],
+    ["permguard.secure.ca"],
+)
 
 
 def stage_build() -> Stage:

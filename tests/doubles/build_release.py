@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build release-shaped assets of the Permguard server double.
 
 ``python tests/doubles/build_release.py --out DIR [--version 0.0.52]`` writes ``DIR/v<version>/`` laid out like a
@@ -48,13 +47,17 @@ security, but none of Permguard's business RPCs. Run `./{binary} --help`.
 _VERSION_RE = re.compile(r'^__version__ = "[^"\n]*"$', re.MULTILINE)
 
 
+#: The packaged "binary" runs on the host's system Python (the source carries no shebang of its own).
+SHEBANG = "#!/usr/bin/python3\n"
+
+
 def versioned_double(version: str) -> bytes:
-    """Return the double's source with ``__version__`` set to ``version``."""
+    """Return the double as an executable script with ``__version__`` set to ``version``."""
     source = DOUBLE.read_text(encoding="utf-8")
     stamped, count = _VERSION_RE.subn(f'__version__ = "{version}"', source, count=1)
     if count != 1:
         raise RuntimeError(f"no __version__ line in {DOUBLE}")
-    return stamped.encode("utf-8")
+    return (SHEBANG + stamped).encode("utf-8")
 
 
 def _member(name: str, data: bytes, mode: int) -> Tuple[tarfile.TarInfo, bytes]:

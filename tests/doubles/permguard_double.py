@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Test double of the Permguard servers ``permguard_all_in_one``, ``permguard_control_plane``, ``permguard_data_plane``.
 
 One self-contained file. Which binary it stands in for is chosen from ``basename(argv[0])``:
@@ -522,7 +521,7 @@ def usage_text(flavour: Flavour, specs: Dict[str, FlagSpec]) -> str:
         spec = specs[name]
         left = f"    --{name}" + ("" if spec.kind == "bool" else f" {spec.kind}")
         rows.append((left, spec.usage + _format_default(spec)))
-    width = max(len(left) for left, _ in rows)
+    width = max(len(row[0]) for row in rows)
     lines = [f"  {left.ljust(width)}   {text}" for left, text in sorted(rows, key=lambda r: r[0].lstrip(" -h,"))]
     return f"Usage:\n  {flavour.use} [flags]\n\nFlags:\n" + "\n".join(lines) + "\n"
 

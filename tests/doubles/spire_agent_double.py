@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 r"""Test double of the SPIRE agent's SPIFFE Workload API (X.509 part), on a Unix socket.
 
 One self-contained file, used two ways:

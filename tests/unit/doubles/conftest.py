@@ -108,11 +108,11 @@ def _issue(
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     ca, ca_pair = _issue(directory, "ca", "Double Test CA", ca=True)
-    server, _ = _issue(directory, "server", "double server A", ca_pair, server=True)
-    server_b, _ = _issue(directory, "server-b", "double server B", ca_pair, server=True)
-    client, _ = _issue(directory, "client", "double client", ca_pair)
+    server, _server_pair = _issue(directory, "server", "double server A", ca_pair, server=True)
+    server_b, _server_b_pair = _issue(directory, "server-b", "double server B", ca_pair, server=True)
+    client, _client_pair = _issue(directory, "client", "double client", ca_pair)
     other_ca, other_pair = _issue(directory, "other-ca", "Another CA", ca=True)
-    other_client, _ = _issue(directory, "other-client", "stranger", other_pair)
+    other_client, _other_client_pair = _issue(directory, "other-client", "stranger", other_pair)
     return Pki(ca, server, server_b, client, other_ca, other_client)
 
 

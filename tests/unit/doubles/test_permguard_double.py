@@ -539,7 +539,7 @@ def test_auto_certificates_regenerated_at_every_start(runner: Runner) -> None:
     args = [f"--server-appdata={appdata}", *port_args(ports)]
     env = {"PERMGUARD_SERVER_TLS_MODE": "tls"}
     fingerprints = []
-    for _ in range(2):
+    for _attempt in range(2):
         process = runner.start(args, env)
         process.wait_ready(list(ports.values()))
         fingerprints.append(_check_auto_certs(appdata / "certs"))
@@ -647,7 +647,7 @@ def test_rotating_context_swaps_certificates_in_memory(double_module: Any, pki: 
             for index in range(2):
                 if index == 1:
                     rotating.update(double_module.build_server_context(pairs[1]))
-                _, writer = await asyncio.open_connection(
+                _reader, writer = await asyncio.open_connection(
                     "127.0.0.1", port, ssl=client_context(pki.ca.cert), server_hostname="localhost"
                 )
                 seen.append(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
