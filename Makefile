@@ -9,7 +9,8 @@ PG_CACHE ?= $(HOME)/.cache/permguard-secure
 VENV ?= $(CURDIR)/.venv
 SCENARIO ?= none
 export PG_CACHE VENV
-export PG_COLLECTIONS := $(PG_CACHE)/collections
+# One collections path per checkout, so two clones never resolve permguard.secure to each other.
+export PG_COLLECTIONS := $(PG_CACHE)/collections-$(shell printf %s "$(CURDIR)" | sha256sum | cut -c1-12)
 export PG_RELEASE_DIR := $(PG_CACHE)/release
 export CONTAINERS_CONF := $(CURDIR)/tests/fleet/containers.conf
 export ANSIBLE_COLLECTIONS_PATH := $(PG_COLLECTIONS)

@@ -119,7 +119,7 @@ def stage_sanity() -> Stage:
 def stage_unit() -> Stage:
     """Pytest over tests/unit."""
     stage = Stage("unit")
-    env = dict(os.environ, PYTHONPATH=os.environ.get("PG_COLLECTIONS", str(CACHE / "collections")))
+    env = dict(os.environ, PYTHONPATH=os.environ["PG_COLLECTIONS"])
     code, out = run([sys.executable, "-m", "pytest", "tests/unit", "-q", "-p", "no:cacheprovider"], env=env)
     summary = out.strip().splitlines()[-1] if out.strip() else ""
     stage.passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", summary)) else 0

@@ -9,7 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="${PG_CACHE:-$HOME/.cache/permguard-secure}"
 venv="${VENV:-$root/.venv}"
-collections="${PG_COLLECTIONS:-$cache/collections}"
+collections="${PG_COLLECTIONS:-$cache/collections-$(printf %s "$root" | sha256sum | cut -c1-12)}"
 network="${PG_NETWORK:-permguard-fleet}"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$root/tests/fleet/containers.conf}"
 mkdir -p "$cache"
