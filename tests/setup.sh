@@ -18,7 +18,7 @@ log() { printf '==> %s\n' "$*"; }
 
 step_apt() {
   local need=() cmd
-  for cmd in podman:podman runc:runc mmdebstrap:mmdebstrap newuidmap:uidmap git:git rsync:rsync; do
+  for cmd in podman:podman runc:runc mmdebstrap:mmdebstrap newuidmap:uidmap git:git rsync:rsync shellcheck:shellcheck; do
     command -v "${cmd%%:*}" >/dev/null 2>&1 || need+=("${cmd#*:}")
   done
   dpkg -s aardvark-dns >/dev/null 2>&1 || need+=(aardvark-dns)

@@ -49,6 +49,8 @@ pip_cmd=(python3 -m pip)
 
 include="$(IFS=,; echo "${packages[*]}")"
 echo "building $image (mmdebstrap $suite) ..."
+# The hooks are shell snippets that mmdebstrap runs with the root file system as "$1".
+# shellcheck disable=SC2016
 mmdebstrap --quiet --variant=apt --include="$include" \
   --customize-hook='rm -f "$1"/etc/machine-id; touch "$1"/etc/machine-id' \
   --customize-hook='chroot "$1" systemctl mask systemd-logind.service getty.target console-getty.service systemd-udevd.service systemd-udev-trigger.service >/dev/null 2>&1 || true' \
