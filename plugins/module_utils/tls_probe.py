@@ -20,15 +20,19 @@ stable; :data:`DIAGNOSIS_CLASSES` lists them with their fixes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import errno
 import hashlib
+import inspect
 import ipaddress
 import os
+import pwd
 import socket
 import ssl
 import stat
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
@@ -66,6 +70,16 @@ SCHEMES = ("grpc", "grpcs")
 AUTO_CA_COMMON_NAME = "PermGuard Auto CA"
 #: The SPIRE agent's default Workload API socket.
 DEFAULT_SPIFFE_SOCKET = "/tmp/spire-agent/public/api.sock"
+
+# The fix of no_workload_identity; the probe fills in the user it runs as (what SPIRE's unix attestor sees).
+_NO_IDENTITY_FIX = (
+    "The SPIRE agent answered but has no registration entry for this probe, which runs as {who}: SPIRE "
+    "attests a workload by the Unix user of its process. Create an entry for that user, for example "
+    "'spire-server entry create -parentID <the agent's SPIFFE ID> -spiffeID spiffe://<trust-domain>/<probe> "
+    "-selector unix:uid:{uid}' (the agent needs its unix WorkloadAttestor; in a Kubernetes pod use its k8s:ns "
+    "and k8s:sa selectors instead), wait a few seconds for the agent to sync it, and probe again; or run the task "
+    "as a user that already has an entry (become_user)."
+)
 
 #: Every diagnosis class, with the fix an operator applies. Class names are a stable interface.
 DIAGNOSIS_CLASSES: Dict[str, str] = {
@@ -123,6 +137,7 @@ DIAGNOSIS_CLASSES: Dict[str, str] = {
         "Start the SPIRE agent and point spiffe_socket at its Workload API socket "
         "(SPIRE's default is " + DEFAULT_SPIFFE_SOCKET + ")."
     ),
+    "no_workload_identity": _NO_IDENTITY_FIX.format(who="the user named in the message", uid="<uid>"),
     "nothing_listening": (
         "Start the server (systemctl status permguard; journalctl -u permguard) and check the port (zap 9091, "
         "pap 9092, pdp 9094). A server with incomplete TLS settings exits at start with errors such as "
@@ -620,6 +635,7 @@ def _tls_facts(ssl_object: Any, recorder: _TLSRecorder, opts: ProbeOptions) -> d
         "alpn": ssl_object.selected_alpn_protocol(),
         "client_cert_requested": requested,
         "client_cert_presented": opts.has_client_identity and requested is not False,
+        "client_spiffe_id": opts.identity.spiffe_id if opts.identity is not None else None,
     }
 
 
@@ -1091,8 +1107,9 @@ async def _speaks_plaintext_grpc(probe: _Probe) -> bool:
 async def probe_all(endpoints: List[Endpoint], opts: ProbeOptions) -> List[dict]:
     """Probe all endpoints concurrently within ``opts.timeout`` seconds overall; results keep input order.
 
-    With ``spiffe_socket`` the X.509-SVID and bundle are fetched once first; when the Workload API is not
-    there, every endpoint reports ``workload_api_unavailable`` without being contacted.
+    With ``spiffe_socket`` the X.509-SVID and bundle are fetched once first, within the same timeout; when the
+    Workload API is not there, every endpoint reports ``workload_api_unavailable`` (or ``no_workload_identity``
+    when the agent has no registration entry for this probe's user) without being contacted.
     """
     deadline = time.monotonic() + opts.timeout
     if opts.spiffe_socket and opts.identity is None:
@@ -1112,14 +1129,20 @@ def _unprobed(endpoint: Endpoint, opts: ProbeOptions, found: dict) -> dict:
 # --------------------------------------------------------------------------- SPIFFE Workload API
 
 
-def workload_api_problem(socket_value: str) -> Optional[str]:
+def workload_api_problem(socket_value: str, timeout: float = _FOLLOW_UP_BUDGET) -> Optional[str]:
     """Say why nothing can serve the Workload API at ``socket_value`` (path or unix:// URI), or None."""
     path = _socket_path(socket_value)
     if not os.path.exists(path):
         return f"the Workload API socket {path} does not exist (is the SPIRE agent running?)"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(max(timeout, 0.01))  # a full listen backlog would block connect() for good
     try:
         probe.connect(path)
+    except socket.timeout:
+        return f"the Workload API socket {path} accepted no connection within {timeout:g} s (is the agent stuck?)"
+    except PermissionError as exc:
+        who = _user_label(os.geteuid())
+        return f"this probe ({who}) may not connect to the Workload API socket {path} ({exc.strerror})"
     except OSError as exc:
         return f"nothing accepts connections on the Workload API socket {path} ({exc.strerror})"
     finally:
@@ -1127,18 +1150,38 @@ def workload_api_problem(socket_value: str) -> Optional[str]:
     return None
 
 
+def _import_spiffe() -> Any:
+    """Return py-spiffe's ``WorkloadApiClient``; when it cannot be imported, the ImportError names ``spiffe``."""
+    try:
+        from spiffe import WorkloadApiClient  # noqa: PLC0415 - optional, needed with spiffe_socket only
+    except ImportError as exc:
+        raise ImportError(f"spiffe_socket needs the spiffe package (py-spiffe): {exc}", name="spiffe") from exc
+    return WorkloadApiClient
+
+
+def _accepts(function: Any, parameter: str) -> bool:
+    try:
+        return parameter in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def fetch_workload_identity(socket_value: str, timeout: float) -> WorkloadIdentity:
     """Fetch the default X.509-SVID, its key and all trust bundles from a SPIFFE Workload API socket.
 
-    Needs the ``spiffe`` package (py-spiffe), imported here so that only SPIFFE probes require it.
+    One ``FetchX509SVID`` call with a deadline of ``timeout`` seconds (py-spiffe's one-shot fetch does not retry:
+    a caller with no registered identity gets PermissionDenied at once). Needs the ``spiffe`` package (py-spiffe),
+    imported here so that only SPIFFE probes require it.
     """
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - optional, SPIFFE only
-    from spiffe import WorkloadApiClient  # noqa: PLC0415 - optional, SPIFFE only
+    client_class = _import_spiffe()
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - SPIFFE only
 
     pem = serialization.Encoding.PEM
-    client = WorkloadApiClient(socket_path="unix://" + _socket_path(socket_value), default_timeout=timeout)
+    client = client_class("unix://" + _socket_path(socket_value))
     try:
-        context = client.fetch_x509_context(timeout=timeout)
+        fetch = client.fetch_x509_context
+        # py-spiffe before 0.3 has no per-call deadline; the caller bounds the wait all the same.
+        context = fetch(timeout=timeout) if _accepts(fetch, "timeout") else fetch()
     finally:
         client.close()
     svid = context.default_svid
@@ -1152,21 +1195,93 @@ def fetch_workload_identity(socket_value: str, timeout: float) -> WorkloadIdenti
     )
 
 
+async def _in_daemon_thread(function: Any, *args: Any, timeout: float) -> Any:
+    """Run a blocking call in a daemon thread and wait at most ``timeout`` seconds for it.
+
+    Unlike the loop's default executor, which ``asyncio.run`` joins on exit, a call that outlives the timeout
+    cannot hold the probe (or the module's exit) up: its late result is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def deliver(exception: Optional[BaseException], value: Any) -> None:
+        if future.done():  # the wait timed out already
+            return
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(value)
+
+    def run() -> None:
+        try:
+            outcome: Tuple[Optional[BaseException], Any] = (None, function(*args))
+        except Exception as exc:  # handed to the waiting coroutine
+            outcome = (exc, None)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=run, name="grpc-tls-probe-workload-api", daemon=True).start()
+    return await asyncio.wait_for(future, timeout)
+
+
 async def _with_workload_identity(opts: ProbeOptions, deadline: float) -> ProbeOptions:
-    problem = workload_api_problem(opts.spiffe_socket or "")
+    _import_spiffe()  # a missing package is an error of the task, whether or not the socket is there
+    path = _socket_path(opts.spiffe_socket or "")
+    problem = workload_api_problem(path, min(_remaining(deadline), _FOLLOW_UP_BUDGET))
     if problem:
         raise _Failure(diagnosis("workload_api_unavailable", problem))
-    loop = asyncio.get_running_loop()
+    budget = _remaining(deadline)
     try:
-        identity = await asyncio.wait_for(
-            loop.run_in_executor(None, fetch_workload_identity, opts.spiffe_socket, _remaining(deadline)),
-            _remaining(deadline),
-        )
+        identity = await _in_daemon_thread(fetch_workload_identity, path, budget, timeout=budget)
+    except asyncio.TimeoutError as exc:
+        raise _Failure(_workload_api_silent(path, opts.timeout)) from exc
     except ImportError:
         raise
-    except Exception as exc:  # py-spiffe wraps gRPC failures (PermissionDenied: no registered identity)
-        raise _Failure(diagnosis("workload_api_unavailable", f"fetching the X.509-SVID failed: {exc}")) from exc
+    except Exception as exc:  # py-spiffe wraps gRPC failures in its own errors
+        raise _Failure(_workload_api_diagnosis(exc, path, opts.timeout)) from exc
     return replace(opts, identity=identity)
+
+
+def _workload_api_silent(path: str, timeout: float) -> dict:
+    message = f"the Workload API at {path} handed out no X.509-SVID within the {timeout:g} s timeout"
+    return diagnosis("workload_api_unavailable", message)
+
+
+def _workload_api_diagnosis(exc: BaseException, path: str, timeout: float) -> dict:
+    code = _grpc_status_name(exc)
+    text = str(exc) or type(exc).__name__
+    if code == "PERMISSION_DENIED" or (code is None and "PERMISSION_DENIED" in text):
+        uid = os.geteuid()
+        who = _user_label(uid)
+        message = f"the SPIRE agent at {path} issues no X.509-SVID to this probe ({who}): {text}"
+        return diagnosis("no_workload_identity", message, _NO_IDENTITY_FIX.format(who=who, uid=uid))
+    if code == "DEADLINE_EXCEEDED":
+        return _workload_api_silent(path, timeout)
+    return diagnosis("workload_api_unavailable", f"fetching the X.509-SVID from {path} failed: {text}")
+
+
+def _grpc_status_name(exc: Optional[BaseException]) -> Optional[str]:
+    """The gRPC status code name (``PERMISSION_DENIED``...) of a grpcio error anywhere in ``exc``'s chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "code", None)
+        if callable(code):
+            try:
+                name = getattr(code(), "name", None)
+            except Exception:  # not a grpc.Call after all
+                name = None
+            if isinstance(name, str):
+                return name
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _user_label(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def run_probes(endpoints: List[Endpoint], opts: ProbeOptions) -> List[dict]:

@@ -15,6 +15,10 @@ description:
   - Works for every Permguard transport mode - C(none) (C(grpc://)), C(tls), C(mtls), C(external) (C(grpcs://)),
     and SPIFFE peers whose certificate carries only a C(spiffe://) URI SAN (verified by chain and SPIFFE ID instead
     of host name).
+  - For mode C(spiffe) the probe takes its own X.509-SVID and the trust bundle from the SPIRE agent's Workload API
+    (O(spiffe_socket)), once per task, presents that SVID as its client certificate and verifies the server against
+    the bundle. The agent attests the probe by the Unix user the task runs as, so that user needs a SPIRE
+    registration entry (for example C(unix:uid:0) when the task runs as root).
   - Reports facts per endpoint - health status, timings, TLS version, cipher, ALPN, the peer certificate (subject,
     issuer, serial, validity, days left, SHA-256, SANs, SPIFFE ID, chain length) and whether the server demanded a
     client certificate.
@@ -103,9 +107,17 @@ options:
   spiffe_socket:
     description:
       - SPIFFE Workload API socket (a bare path or C(unix:///path)) from which the probe takes its own X.509-SVID and
-        the trust bundle, for servers in mode C(spiffe). Peers are then verified as SPIFFE workloads.
-      - A path that exists but is not a Unix socket is an argument error; a missing socket, or one nothing listens
-        on, is reported per endpoint as C(workload_api_unavailable).
+        the trust bundle, for servers in mode C(spiffe). Peers are then verified as SPIFFE workloads - chain against
+        the bundle, then O(expected_spiffe_id) or O(expected_trust_domain) when given; with neither, any SPIFFE ID
+        the bundle vouches for passes, as Permguard's own C(tlsconfig.AuthorizeAny) does.
+      - SPIRE's default is C(/tmp/spire-agent/public/api.sock); Kubernetes setups often use
+        C(/run/spire/sockets/agent.sock). The SVID is fetched once per task (the default one, the first the agent
+        sends), within O(timeout).
+      - A path that exists but is not a Unix socket is an argument error. A missing socket, one nothing listens on,
+        or an agent that hands out nothing within O(timeout) is reported per endpoint as C(workload_api_unavailable),
+        and an agent that has no registration entry for the task's Unix user as C(no_workload_identity); the
+        endpoints are then not contacted.
+      - Needs the C(spiffe) Python package (py-spiffe) on the host that runs the task.
       - Cannot be combined with O(ca_file), O(cert_file), O(key_file) or O(skip_verify).
     type: path
   health_service:
@@ -146,7 +158,10 @@ notes:
     certificate presented.
   - C(unexpected_spiffe_id) - the verified peer's SPIFFE ID does not match O(expected_spiffe_id) or
     O(expected_trust_domain). C(workload_api_unavailable) - O(spiffe_socket) is missing, refuses connections or
-    gives no SVID.
+    gives no SVID in time.
+  - C(no_workload_identity) - the SPIRE agent answers O(spiffe_socket) with PermissionDenied (C(no identity
+    issued)) - it has no registration entry for the Unix user the probe runs as. The message and the fix name that
+    uid and the C(spire-server entry create ... -selector unix:uid:<uid>) entry to create.
   - C(nothing_listening), C(host_unreachable), C(name_resolution_failed), C(timeout) (the message names the phase),
     C(connection_closed), C(tls_handshake_failed) - from the connection.
   - C(health_not_serving), C(health_unimplemented), C(health_service_unknown), C(grpc_error) - from the health
@@ -182,6 +197,27 @@ EXAMPLES = r"""
     cert_file: /spiffe-workload-api/svid.pem
     key_file: /spiffe-workload-api/svid-key.pem
     expected_spiffe_id: spiffe://example.org/permguard/server
+
+- name: Mode spiffe - each server probes its own ports with an SVID from its local SPIRE agent
+  permguard.secure.grpc_tls_probe:
+    hosts: ["{{ inventory_hostname }}"]
+    spiffe_socket: /tmp/spire-agent/public/api.sock
+    expected_spiffe_id: spiffe://example.org/permguard/server
+  # The agent attests the probe by its Unix user: root needs a registration entry with -selector unix:uid:0.
+  become: true
+
+- name: Mode spiffe - accept any workload of the trust domain, and report instead of failing
+  permguard.secure.grpc_tls_probe:
+    endpoints: [grpcs://pg1.example.com:9091, grpcs://pg1.example.com:9094]
+    spiffe_socket: unix:///run/spire/sockets/agent.sock
+    expected_trust_domain: example.org
+    fail_on_error: false
+  register: spiffe_probe
+
+- name: Stop with the fix when the SPIRE agent has no registration entry for the probe's user
+  ansible.builtin.fail:
+    msg: "{{ spiffe_probe.results[0].diagnosis.fix }}"
+  when: spiffe_probe.results[0].diagnosis.class | default('') == 'no_workload_identity'
 
 - name: A negative test - a client without certificate must be refused
   permguard.secure.grpc_tls_probe:
@@ -304,6 +340,11 @@ results:
         client_cert_presented:
           description: Whether the probe presented a client certificate.
           type: bool
+        client_spiffe_id:
+          description: The SPIFFE ID of the X.509-SVID the probe presented, taken from O(spiffe_socket); null
+            without it.
+          type: str
+          sample: spiffe://example.org/ops/probe
     peer_certificate:
       description:
         - The server's leaf certificate. After a failed verification it comes from a second, unverified handshake
@@ -363,8 +404,16 @@ results:
         message:
           description: What was observed, with the underlying error.
           type: str
+          sample: "the SPIRE agent at /tmp/spire-agent/public/api.sock issues no X.509-SVID to this probe
+            (uid 0 (root)): Error fetching X.509 SVID: Could not process response from the Workload API: no
+            identity issued (StatusCode.PERMISSION_DENIED)"
         fix:
-          description: What to change.
+          description:
+            - What to change.
+            - For C(no_workload_identity) it names the uid the probe runs as and the registration entry to
+              create, for example C(spire-server entry create -parentID <the agent's SPIFFE ID>
+              -spiffeID spiffe://<trust-domain>/<probe> -selector unix:uid:0), then to wait for the agent to
+              sync it and probe again, or to run the task as a user that already has an entry.
           type: str
     warnings:
       description: Concerns that do not fail the endpoint, such as an unverified result or an auto-generated
@@ -435,7 +484,15 @@ def _fail_message(results: list, failed: list) -> str:
 def _tls_options_unused(params: dict, endpoints: list) -> list:
     if any(endpoint.tls for endpoint in endpoints):
         return []
-    tls_only = ("ca_file", "cert_file", "server_name", "skip_verify", "expected_spiffe_id", "spiffe_socket")
+    tls_only = (
+        "ca_file",
+        "cert_file",
+        "server_name",
+        "skip_verify",
+        "expected_spiffe_id",
+        "expected_trust_domain",
+        "spiffe_socket",
+    )
     return [name for name in tls_only if params[name]]
 
 

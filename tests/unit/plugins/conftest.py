@@ -13,9 +13,11 @@ import datetime
 import ipaddress
 import os
 import selectors
+import shutil
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -36,8 +38,16 @@ from grpclib.health.service import OVERALL, Health  # noqa: E402
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse  # noqa: E402
 from grpclib.server import Server  # noqa: E402
 
+DOUBLES = Path(__file__).resolve().parents[2] / "doubles"
+if str(DOUBLES) not in sys.path:
+    sys.path.insert(0, str(DOUBLES))
+
+import spire_agent_double  # noqa: E402 - the one SPIRE agent double, in-process
+
 SPIFFE_SERVER_ID = "spiffe://example.org/permguard/server"
 SPIFFE_CLIENT_ID = "spiffe://example.org/ops/probe"
+# The uid the double registers the server's SPIFFE ID for: the server is "another workload" of the same agent.
+SPIFFE_SERVER_UID = 4_242_424 if os.getuid() != 4_242_424 else 4_242_425
 
 
 # --------------------------------------------------------------------------- PKI
@@ -448,3 +458,106 @@ def servers(loops: LoopThread) -> ServerFactory:
     factory = ServerFactory(loops)
     yield factory
     factory.close()
+
+
+# --------------------------------------------------------------------------- SPIFFE: the SPIRE agent double
+
+
+@pytest.fixture
+def spire_agent() -> spire_agent_double.WorkloadApiDouble:
+    """The SPIRE agent double in-process: this test's uid is the probe, another uid the Permguard server.
+
+    Scheduled rotation is off (tests rotate on demand); the socket sits under /tmp (Unix paths <= 107 bytes).
+    """
+    directory = tempfile.mkdtemp(prefix="spire-", dir="/tmp")
+    identities = {os.getuid(): SPIFFE_CLIENT_ID, SPIFFE_SERVER_UID: SPIFFE_SERVER_ID}
+    agent = spire_agent_double.WorkloadApiDouble(os.path.join(directory, "api.sock"), identities, rotate_every=0)
+    with agent:
+        yield agent
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class RecordingHealth(Health):
+    """grpc.health.v1.Health (SERVING) that keeps the client certificate of every Check, as the server saw it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client_certs: list = []
+
+    async def Check(self, stream: object) -> None:
+        self.client_certs.append(stream.peer.cert())  # type: ignore[attr-defined]
+        await super().Check(stream)  # type: ignore[arg-type]
+
+    @property
+    def client_ids(self) -> list:
+        """The URI SANs of the client certificate of each Check call."""
+        return [[v for k, v in (c or {}).get("subjectAltName", ()) if k == "URI"] for c in self.client_certs]
+
+    @property
+    def client_serials(self) -> list:
+        """The serial numbers (int) of the client certificate of each Check call."""
+        return [int(c["serialNumber"], 16) if c else None for c in self.client_certs]
+
+
+class SpiffeServer:
+    """A Permguard-like server in mode spiffe, with an X.509-SVID from the double.
+
+    mTLS with an SVID that has only a spiffe:// URI SAN, client certificates required and verified against the
+    double's bundle, ALPN h2, TLS >= 1.2.
+
+    ``reload`` takes the double's current SVID and bundle, as the real server's X509Source does in memory; until
+    then new handshakes keep the old ones. ``go_like`` puts a blocking-OpenSSL front in place (TLS alerts are
+    sent, as Go's crypto/tls does); the health service then sees no client certificate.
+    """
+
+    def __init__(
+        self,
+        factory: ServerFactory,
+        agent: spire_agent_double.WorkloadApiDouble,
+        directory: Path,
+        svid: object = None,
+        go_like: bool = False,
+    ) -> None:
+        self.agent = agent
+        self.dir = directory
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.set_alpn_protocols(["h2"])
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.health = RecordingHealth()
+        self.svid: object = None
+        self.reload(svid)
+        self.port = factory.tls_front(self.ctx, [self.health]) if go_like else factory.grpclib(self.ctx, [self.health])
+
+    @property
+    def url(self) -> str:
+        return f"grpcs://127.0.0.1:{self.port}"
+
+    @property
+    def serial(self) -> str:
+        """Serial of the SVID the server presents, upper-case hex as the probe reports it."""
+        return format(self.svid.serial_number, "X")  # type: ignore[attr-defined]
+
+    def reload(self, svid: object = None, certificate: bool = True, trust: bool = True) -> None:
+        """Present ``svid`` (default: what the double serves for the server's SPIFFE ID) and trust its bundle."""
+        if trust:
+            self.ctx.load_verify_locations(cadata=self.agent.bundle_pem().decode("ascii"))
+        if certificate:
+            self.svid = svid or self.agent.svid(SPIFFE_SERVER_ID)
+            cert_file, key_file = self.dir / "server-svid.pem", self.dir / "server-svid-key.pem"
+            cert_file.write_bytes(self.svid.chain_pem)  # type: ignore[attr-defined]
+            key_file.write_bytes(self.svid.key_pem)  # type: ignore[attr-defined]
+            self.ctx.load_cert_chain(str(cert_file), str(key_file))
+
+
+@pytest.fixture
+def spiffe_server(servers: ServerFactory, spire_agent: spire_agent_double.WorkloadApiDouble, tmp_path: Path) -> object:
+    """Start :class:`SpiffeServer` instances: ``spiffe_server(svid=None, go_like=False)``."""
+    count = iter(range(1000))
+
+    def start(svid: object = None, go_like: bool = False) -> SpiffeServer:
+        directory = tmp_path / f"spiffe-server-{next(count)}"
+        directory.mkdir()
+        return SpiffeServer(servers, spire_agent, directory, svid, go_like)
+
+    return start

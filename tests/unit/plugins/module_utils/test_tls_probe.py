@@ -405,7 +405,7 @@ def test_socket_that_is_not_a_workload_api(servers, tmp_path):
         result = run_probes([parse_endpoint(tls_url(servers.grpclib()))], options)[0]
     finally:
         listener.close()
-    assert_diagnosis(result, "workload_api_unavailable", "fetching the X.509-SVID failed")
+    assert_diagnosis(result, "workload_api_unavailable", f"fetching the X.509-SVID from {path} failed")
 
 
 # --------------------------------------------------------------------------- health answers
@@ -604,6 +604,7 @@ STABLE_CLASSES = {
     "client_cert_rejected",
     "unexpected_spiffe_id",
     "workload_api_unavailable",
+    "no_workload_identity",
     "nothing_listening",
     "host_unreachable",
     "name_resolution_failed",

@@ -6,8 +6,10 @@ import ast
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ansible
@@ -180,6 +182,86 @@ def test_missing_workload_api_socket(run, tmp_path):
     sock = tmp_path / "api.sock"
     out = run({"hosts": ["127.0.0.1"], "spiffe_socket": str(sock), "fail_on_error": False})
     assert [r["diagnosis"]["class"] for r in out["results"]] == ["workload_api_unavailable"] * 3
+
+
+# --------------------------------------------------------------------------- mode spiffe through the Workload API
+
+SPIFFE_SERVER_ID = "spiffe://example.org/permguard/server"
+SPIFFE_CLIENT_ID = "spiffe://example.org/ops/probe"
+
+
+@pytest.mark.parametrize("form", ["path", "uri"])
+def test_spiffe_socket_against_a_spiffe_server(run, spire_agent, spiffe_server, form):
+    """The module fetches its own SVID from the SPIRE agent double and proves an SVID-only mTLS server."""
+    server = spiffe_server()
+    socket_value = spire_agent.socket_path if form == "path" else spire_agent.endpoint
+    out = run({"endpoints": [server.url], "spiffe_socket": socket_value, "expected_spiffe_id": SPIFFE_SERVER_ID})
+    assert "failed" not in out, out["msg"]
+    result = out["results"][0]
+    assert result["ok"] is True
+    assert result["verification"] == "spiffe"
+    assert result["peer_certificate"]["spiffe_id"] == SPIFFE_SERVER_ID
+    assert result["peer_certificate"]["dns_sans"] == []
+    assert result["tls"]["client_spiffe_id"] == SPIFFE_CLIENT_ID
+    assert server.health.client_ids == [[SPIFFE_CLIENT_ID]]
+    assert server.health.client_serials == [spire_agent.svid(SPIFFE_CLIENT_ID).serial_number]
+    assert out["msg"].startswith(f"OK   {server.url}: SERVING, TLSv1.3 h2, verified (SPIFFE), client certificate")
+
+
+def test_spiffe_wrong_trust_domain_fails_the_task(run, spire_agent, spiffe_server):
+    server = spiffe_server()
+    out = run(
+        {"endpoints": [server.url], "spiffe_socket": spire_agent.socket_path, "expected_trust_domain": "other.org"}
+    )
+    assert out["failed"] is True
+    assert out["results"][0]["diagnosis"]["class"] == "unexpected_spiffe_id"
+    assert f"{server.url}: unexpected_spiffe_id - the server presents SPIFFE ID {SPIFFE_SERVER_ID}" in out["msg"]
+
+
+def test_spiffe_probe_without_registration_entry(run, spire_agent, spiffe_server):
+    """The task's user has no identity in the agent: a stable class whose fix names the entry to create."""
+    server = spiffe_server()
+    spire_agent.remove_identity(os.getuid())
+    started = time.monotonic()
+    out = run({"hosts": ["127.0.0.1"], "ports": {"zap": server.port}, "spiffe_socket": spire_agent.socket_path})
+    assert time.monotonic() - started < 10
+    assert out["failed"] is True
+    diagnosis = out["results"][0]["diagnosis"]
+    assert diagnosis["class"] == "no_workload_identity"
+    assert f"uid {os.geteuid()}" in diagnosis["message"]
+    assert f"-selector unix:uid:{os.geteuid()}" in diagnosis["fix"]
+    assert "no_workload_identity" in out["msg"]
+    assert f"-selector unix:uid:{os.geteuid()}" in out["msg"]
+    assert server.health.client_certs == []
+
+
+def test_silent_workload_api_keeps_the_module_within_its_timeout(run):
+    """A Workload API that never answers: the module still ends at its timeout, with a diagnosis."""
+    path = f"/tmp/silent-{os.getpid()}-{time.monotonic_ns()}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)
+    try:
+        started = time.monotonic()
+        out = run({"endpoints": ["grpcs://127.0.0.1:9"], "spiffe_socket": path, "timeout": 1, "fail_on_error": False})
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+        os.unlink(path)
+    assert elapsed < 6, f"the module took {elapsed:.1f} s with a 1 s timeout"
+    diagnosis = out["results"][0]["diagnosis"]
+    assert diagnosis["class"] == "workload_api_unavailable"
+    assert "within the 1 s timeout" in diagnosis["message"]
+
+
+def test_missing_spiffe_package_is_reported(run, spire_agent, tmp_path):
+    fake = tmp_path / "hide" / "spiffe"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'spiffe'\", name='spiffe')\n")
+    out = run({"hosts": ["127.0.0.1"], "spiffe_socket": spire_agent.socket_path}, path=(str(fake.parent),))
+    assert out["failed"] is True
+    assert "Failed to import the required Python library (spiffe)" in out["msg"]
+    assert "results" not in out
 
 
 # --------------------------------------------------------------------------- packaging and portability
