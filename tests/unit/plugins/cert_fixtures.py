@@ -13,9 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-COLLECTIONS_ROOT = "/root/.cache/permguard-secure/collections"
-if COLLECTIONS_ROOT not in sys.path and not os.environ.get("PYTHONPATH"):
-    sys.path.insert(0, COLLECTIONS_ROOT)
+COLLECTIONS_ROOT = os.environ["PG_TEST_COLLECTIONS"]  # set by tests/unit/conftest.py
 
 from ansible_collections.permguard.secure.plugins.module_utils.certificates import (  # noqa: E402
     CertificateAuthority,

@@ -25,9 +25,7 @@ from pathlib import Path
 import grpc  # only the tests use grpcio: its servers stand in for BoringSSL ones
 import pytest
 
-COLLECTIONS_ROOT = "/root/.cache/permguard-secure/collections"
-if not os.environ.get("PYTHONPATH") and COLLECTIONS_ROOT not in sys.path:
-    sys.path.insert(0, COLLECTIONS_ROOT)
+COLLECTIONS_ROOT = os.environ["PG_TEST_COLLECTIONS"]  # set by tests/unit/conftest.py
 
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
@@ -437,7 +435,7 @@ class ServerFactory:
 @pytest.fixture(scope="session")
 def collections_root() -> str:
     """Where ``ansible_collections/permguard/secure`` resolves to this checkout (for module subprocesses)."""
-    return os.environ.get("PYTHONPATH") or COLLECTIONS_ROOT
+    return COLLECTIONS_ROOT
 
 
 @pytest.fixture(scope="session")
