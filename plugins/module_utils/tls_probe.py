@@ -27,7 +27,6 @@ import hashlib
 import inspect
 import ipaddress
 import os
-import pwd
 import socket
 import ssl
 import stat
@@ -61,6 +60,14 @@ except ImportError as exc:
 else:
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
+
+from ansible_collections.permguard.secure.plugins.module_utils.spiffe_workload import (
+    WorkloadApiError,
+    check_socket,
+)
+from ansible_collections.permguard.secure.plugins.module_utils.spiffe_workload import (
+    user_label as _user_label,
+)
 
 #: Permguard's gRPC ports, by service: zones, ledgers, decisions.
 DEFAULT_PORTS: Dict[str, int] = {"zap": 9091, "pap": 9092, "pdp": 9094}
@@ -1131,22 +1138,10 @@ def _unprobed(endpoint: Endpoint, opts: ProbeOptions, found: dict) -> dict:
 
 def workload_api_problem(socket_value: str, timeout: float = _FOLLOW_UP_BUDGET) -> Optional[str]:
     """Say why nothing can serve the Workload API at ``socket_value`` (path or unix:// URI), or None."""
-    path = _socket_path(socket_value)
-    if not os.path.exists(path):
-        return f"the Workload API socket {path} does not exist (is the SPIRE agent running?)"
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(max(timeout, 0.01))  # a full listen backlog would block connect() for good
     try:
-        probe.connect(path)
-    except socket.timeout:
-        return f"the Workload API socket {path} accepted no connection within {timeout:g} s (is the agent stuck?)"
-    except PermissionError as exc:
-        who = _user_label(os.geteuid())
-        return f"this probe ({who}) may not connect to the Workload API socket {path} ({exc.strerror})"
-    except OSError as exc:
-        return f"nothing accepts connections on the Workload API socket {path} ({exc.strerror})"
-    finally:
-        probe.close()
+        check_socket(_socket_path(socket_value), timeout)
+    except WorkloadApiError as exc:
+        return str(exc)
     return None
 
 
@@ -1275,13 +1270,6 @@ def _grpc_status_name(exc: Optional[BaseException]) -> Optional[str]:
                 return name
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def _user_label(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
 
 
 def run_probes(endpoints: List[Endpoint], opts: ProbeOptions) -> List[dict]:

@@ -44,8 +44,43 @@ What it copies from the real server
     directory or file keeps its mode);
   - ``mtls`` and ``external`` (identical): cert, key and CA required; a client certificate is required and verified
     against the CA file (any certificate of the CA file is a trust anchor, as in Go);
-  - ``spiffe``: the socket address is resolved as go-spiffe does (``unix://`` + the bare flag value, else
-    ``SPIFFE_ENDPOINT_SOCKET``), with go-spiffe's texts for a missing or malformed address.
+  - ``spiffe``: a SPIFFE Workload API client of its own (grpclib, messages described at run time, no py-spiffe),
+    behaving as go-spiffe v2.6's ``workloadapi.NewX509Source`` does under Permguard:
+
+    + the address is ``unix://`` + the bare ``--server-tls-spiffe-socket-path``, else ``SPIFFE_ENDPOINT_SOCKET``
+      as it stands (a full ``unix:///...`` URI; set but empty counts as set), checked with go-spiffe's texts
+      (``workload endpoint socket address is not configured``, ``... URI must have a "tcp" or "unix" scheme``,
+      ``... must not be opaque``...), then resolved as grpc-go's ``unix`` resolver does: an authority is refused,
+      so a relative flag value (``run/agent.sock``) or a URI given to the bare-path flag (``unix:///...``, which
+      becomes ``unix://unix:///...``) fails with ``failed to exit idle mode: failed to start resolver: invalid
+      (non-empty) authority: <authority>``. ``tcp://IP:port`` addresses are dialled too;
+    + creating the source BLOCKS, for ever, until the first X509-SVID arrives: ``FetchX509SVID`` is streamed with
+      the ``workload.spiffe.io: true`` header and, while the agent is absent, refuses the caller (PermissionDenied
+      for a uid with no registration entry) or ends the stream, re-opened after go-spiffe's linear backoff (1 s,
+      2 s, 3 s... at most 30 s; reset by every message received). Only InvalidArgument and Canceled end the watch;
+      before the first SVID that fails the start with ``spiffe: failed to create X509 source: rpc error: code =
+      InvalidArgument desc = ...``. Nothing listens while it waits;
+    + responses are parsed like go-spiffe: every SVID (the first of a repeated hint wins) with x509svid.ParseRaw's
+      checks (one SPIFFE ID URI SAN, leaf not a CA, digitalSignature and no keyCertSign/cRLSign, signing
+      certificates CA + keyCertSign, key matching the leaf); the default (first) SVID is served; the bundle set is
+      each SVID's ``bundle`` under its trust domain plus ``federated_bundles``. A message that does not parse is
+      logged and skipped, as go-spiffe does;
+    + mTLS on every port with that SVID (its whole chain) and a client certificate REQUIRED and verified as
+      ``tlsconfig.MTLSServerConfig`` + ``AuthorizeAny()`` do: the chain must end at an authority of the bundle set
+      (every authority is an anchor), the leaf must carry exactly one URI SAN that is a valid SPIFFE ID (a
+      certificate from the trusted CA without one, with two, or with an ``https://`` URI is refused with
+      go-spiffe's ``x509svid: could not get leaf SPIFFE ID: certificate contains no URI SAN``...), must not be a CA
+      or carry keyCertSign/cRLSign, and its trust domain must have a bundle (``x509bundle: no X.509 bundle for
+      trust domain "other.org"``); a leaf signed directly by another trust domain's authority is refused. ANY
+      SPIFFE ID passing these checks is accepted (no allow-list, no host name check). No client certificate under
+      TLS 1.3 gets the ``certificate_required`` alert, as from Go;
+    + in-memory rotation: every later message that changes the default SVID or the bundles swaps the TLS
+      material for new handshakes (``RotatingServerContext``), without restart and without touching open
+      connections; a CA rotation (new bundle) is trusted from the next handshake on. When the agent goes away
+      after the first SVID, the last SVID keeps being served while the watch retries;
+    + signals: the real server subscribes to SIGTERM/SIGINT only after its credentials are built, so a signal
+      received while the start blocks ends the process with Go's default action: killed by that signal (exit
+      status -15 / 143 for SIGTERM; systemd counts a SIGTERM death on stop as clean). Nothing is left listening.
   - all TLS modes: TLS 1.2 minimum, ALPN ``h2``; a client that did not negotiate ALPN ``h2`` is disconnected right
     after the handshake, as grpc-go >= 1.67 does. A failed handshake sends its TLS alert before closing, as Go's
     crypto/tls does (TLS 1.3 ``certificate_required`` for a missing client certificate, ``protocol_version`` for
@@ -70,7 +105,7 @@ What it copies from the real server
   logged and the server keeps running. The double does the same with Python's sqlite3. A data plane creates no file.
 * Logs: zap-production-like JSON lines on stderr (level, ts, msg, fields) filtered by ``--log-level``: the version,
   "TLS enabled" with the mode, one "Service is serving" line per port.
-* SIGTERM and SIGINT stop the server cleanly, exit 0.
+* SIGTERM and SIGINT stop a serving server cleanly, exit 0 (before serving: see ``spiffe`` above).
 
 What it leaves out
 ------------------
@@ -82,10 +117,23 @@ What it leaves out
   ``handshake_failure`` instead of ``bad_certificate`` for a missing client certificate under TLS 1.2), cipher suite
   lists differ, and a client offering only non-h2 ALPN protocols is dropped after the handshake instead of getting
   Go's ``no_application_protocol`` alert. Go's key-pair errors are reproduced for the common cases only.
-* ``spiffe``: no Workload API client yet. A resolvable address fails with ``spiffe: failed to create X509 source: ``
-  and a "not implemented by this double" note, where the real server would block until its first SVID arrives. The
-  seams for it are here: ``CredentialsProvider.start`` may block, and ``RotatingServerContext`` swaps the SSL context
-  in memory through an SNI callback.
+* ``spiffe``:
+
+  - go-spiffe logs nothing by default; the double logs its own lines: the address it waits on, each failed attempt
+    (``Waiting for the first X509-SVID from the SPIFFE Workload API`` with grpc-go-like error texts such as ``rpc
+    error: code = PermissionDenied desc = no identity issued`` or ``... dial unix <path>: connect: no such file or
+    directory``, the retry delay, and the uid that needs a registration entry), the SVID received, every rotation
+    (SPIFFE ID, serial, expiry, trust domains), refused client certificates (at DEBUG, with go-spiffe's error), and
+    a line before dying of a signal while blocked. grpc-go's transport error texts are close, not guaranteed.
+  - Verification is OpenSSL's plus a check after the handshake: a certificate that chains to the bundle but is not
+    an acceptable X509-SVID (no, several or a non-SPIFFE URI SAN, a CA leaf, an unknown trust domain) completes
+    the TLS handshake and the connection is then closed before any HTTP/2 byte, where Go fails the handshake with
+    a ``bad_certificate`` alert. OpenSSL also checks the client EKU (clientAuth or none) where go-spiffe accepts
+    any, and for a leaf issued through an intermediate the trust-domain binding rests on OpenSSL's verification
+    against the union of the bundles (Python 3.11 exposes no verified chain). With a single trust domain (no
+    federation, as with the SPIRE double) these coincide with go-spiffe.
+  - No JWT-SVIDs, no ``FetchX509Bundles`` stream (go-spiffe's X509Source reads bundles from ``FetchX509SVID``
+    too), no CRLs, SVID picker options or Windows named pipes.
 * Stopping cancels open streams (a health Watch, say) after closing the listeners; grpc-go's GracefulStop would wait
   for them.
 * Two private APIs are used, pinned by the versions above: grpclib's ``Server._protocol_factory`` (to add the ALPN
@@ -107,6 +155,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -124,12 +173,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 try:
     from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    from google.protobuf import empty_pb2
+    from google.protobuf import descriptor_pb2, descriptor_pool, empty_pb2, message_factory
     from grpclib import GRPCError
+    from grpclib.client import Channel
     from grpclib.const import Cardinality, Handler, Status
+    from grpclib.exceptions import ProtocolError, StreamTerminatedError
     from grpclib.health.v1.health_grpc import HealthBase
     from grpclib.health.v1.health_pb2 import HealthCheckResponse
     from grpclib.reflection.service import ServerReflection
@@ -1066,6 +1118,10 @@ class CredentialsProvider(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (a Workload API stream, for example)."""
 
+    def peer_check(self) -> Optional[Callable[[Optional[bytes]], Optional[str]]]:
+        """Return a check of the client certificate (DER) run after the handshake: an error text, or None if OK."""
+        return None
+
 
 class PlaintextCredentials(CredentialsProvider):
     """Mode none: plaintext HTTP/2."""
@@ -1112,7 +1168,7 @@ class FileTlsCredentials(CredentialsProvider):
 
 
 class SpiffeAddressError(DoubleError):
-    """The Workload API address is missing or malformed (go-spiffe's texts)."""
+    """The Workload API address is missing or malformed (go-spiffe's and grpc-go's texts)."""
 
 
 def spiffe_target(address: str) -> str:
@@ -1169,20 +1225,609 @@ def spiffe_address(socket_path: str, environ: Dict[str, str]) -> str:
     return environ["SPIFFE_ENDPOINT_SOCKET"]
 
 
+@dataclass(frozen=True)
+class WorkloadApiTarget:
+    """Where the Workload API client dials: a Unix socket path, or a TCP host and port."""
+
+    address: str
+    path: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+
+    def describe(self) -> str:
+        """Return Go's ``dial <network> <address>`` operand."""
+        return f"unix {self.path}" if self.path is not None else f"tcp {self.host}:{self.port}"
+
+
+def spiffe_dial_target(address: str) -> WorkloadApiTarget:
+    """Resolve a validated address the way grpc-go's resolvers do when go-spiffe dials it.
+
+    grpc-go's ``unix`` resolver refuses an authority: ``unix://`` + a relative path (``unix://run/agent.sock``) or
+    + a URI (``unix://unix:///run/agent.sock``, a ``unix://`` value given to the bare-path flag) fails the dial,
+    so the X509 source is never created.
+    """
+    target = spiffe_target(address)
+    parts = urllib.parse.urlsplit(address)
+    if parts.scheme.lower() == "unix":
+        if parts.netloc:
+            raise SpiffeAddressError(
+                "failed to exit idle mode: failed to start resolver: invalid (non-empty) authority: " + parts.netloc
+            )
+        return WorkloadApiTarget(address, path=urllib.parse.unquote(parts.path))
+    host, _colon, port = target.rpartition(":")
+    return WorkloadApiTarget(address, host=host.strip("[]"), port=int(port))
+
+
+# SPIFFE IDs and X509-SVIDs, checked as go-spiffe's spiffeid and x509svid packages do (their error texts).
+
+SPIFFE_SCHEME = "spiffe://"
+_TRUST_DOMAIN_CHARS_RE = re.compile(r"^[a-z0-9._-]+$")
+_PATH_SEGMENT_CHARS_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_BAD_TRUST_DOMAIN_CHAR = (
+    "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"
+)
+
+
+def spiffe_id_trust_domain(spiffe_id: str) -> str:
+    """Validate a SPIFFE ID like ``spiffeid.FromString``; return its trust domain; DoubleError with Go's text."""
+    if not spiffe_id:
+        raise DoubleError("cannot be empty")
+    if not spiffe_id.startswith(SPIFFE_SCHEME):
+        raise DoubleError("scheme is missing or invalid")
+    domain, slash, path = spiffe_id[len(SPIFFE_SCHEME) :].partition("/")
+    if not domain:
+        raise DoubleError("trust domain is missing")
+    if not _TRUST_DOMAIN_CHARS_RE.match(domain):
+        raise DoubleError(_BAD_TRUST_DOMAIN_CHAR)
+    if slash:
+        segments = path.split("/")
+        for index, segment in enumerate(segments):
+            if not segment:
+                last = index == len(segments) - 1
+                raise DoubleError("path cannot have a trailing slash" if last else "path cannot contain empty segments")
+            if segment in (".", ".."):
+                raise DoubleError("path cannot contain dot segments")
+            if not _PATH_SEGMENT_CHARS_RE.match(segment):
+                raise DoubleError(
+                    "path segment characters are limited to letters, numbers, dots, dashes, and underscores"
+                )
+    return domain
+
+
+def trust_domain_from_string(text: str) -> str:
+    """Parse a trust domain name or a SPIFFE ID's trust domain like ``spiffeid.TrustDomainFromString``."""
+    if ":/" in text:
+        return spiffe_id_trust_domain(text)
+    if not text:
+        raise DoubleError("trust domain is missing")
+    if not _TRUST_DOMAIN_CHARS_RE.match(text):
+        raise DoubleError(_BAD_TRUST_DOMAIN_CHAR)
+    return text
+
+
+def split_der_certificates(data: bytes) -> List[bytes]:
+    """Split concatenated DER certificates (the Workload API's ``x509_svid`` and ``bundle`` fields)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        if data[pos] != 0x30 or pos + 2 > len(data):
+            raise ValueError("x509: malformed certificate")
+        first = data[pos + 1]
+        if first < 0x80:
+            length, header = first, 2
+        else:
+            count = first & 0x7F
+            if not 0 < count <= 4 or pos + 2 + count > len(data):
+                raise ValueError("x509: malformed certificate")
+            length, header = int.from_bytes(data[pos + 2 : pos + 2 + count], "big"), 2 + count
+        end = pos + header + length
+        if end > len(data):
+            raise ValueError("x509: malformed certificate")
+        out.append(data[pos:end])
+        pos = end
+    return out
+
+
+def _parse_der_certificates(data: bytes) -> List[x509.Certificate]:
+    try:
+        return [x509.load_der_x509_certificate(der) for der in split_der_certificates(data)]
+    except ValueError:
+        raise DoubleError("x509: malformed certificate") from None
+
+
+def _uri_sans(cert: x509.Certificate) -> List[str]:
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(sans.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _key_usage(cert: x509.Certificate) -> Optional[x509.KeyUsage]:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def leaf_spiffe_id(cert: x509.Certificate) -> str:
+    """Return the one SPIFFE ID of a leaf, as ``x509svid.IDFromCert``; DoubleError with Go's text."""
+    uris = _uri_sans(cert)
+    if not uris:
+        raise DoubleError("certificate contains no URI SAN")
+    if len(uris) > 1:
+        raise DoubleError("certificate contains more than one URI SAN")
+    spiffe_id_trust_domain(uris[0])
+    return uris[0]
+
+
+def _public_der(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _check_svid_certificates(certs: List[x509.Certificate]) -> str:
+    """The certificate checks of ``x509svid.ParseRaw``; return the SPIFFE ID."""
+    if not certs:
+        raise DoubleError("no certificates found")
+    leaf = certs[0]
+    try:
+        spiffe_id = leaf_spiffe_id(leaf)
+    except DoubleError as exc:
+        raise DoubleError(f"cannot get leaf certificate SPIFFE ID: {exc}") from None
+    if _is_ca(leaf):
+        raise DoubleError("leaf certificate must not have CA flag set to true")
+    usage = _key_usage(leaf)
+    if usage is None or not usage.digital_signature:
+        raise DoubleError("leaf certificate must have 'digitalSignature' set as key usage")
+    if usage.key_cert_sign:
+        raise DoubleError("leaf certificate must not have 'keyCertSign' set as key usage")
+    if usage.crl_sign:
+        raise DoubleError("leaf certificate must not have 'cRLSign' set as key usage")
+    for signing in certs[1:]:
+        if not _is_ca(signing):
+            raise DoubleError("signing certificate must have CA flag set to true")
+        signing_usage = _key_usage(signing)
+        if signing_usage is None or not signing_usage.key_cert_sign:
+            raise DoubleError("signing certificate must have 'keyCertSign' set as key usage")
+    return spiffe_id
+
+
+@dataclass(frozen=True)
+class X509Svid:
+    """One X509-SVID of a Workload API response: SPIFFE ID, chain (leaf first), key pair (PEM) and hint."""
+
+    spiffe_id: str
+    chain: Tuple[x509.Certificate, ...]
+    pair: KeyPair
+    hint: str = ""
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        """Return the leaf certificate."""
+        return self.chain[0]
+
+
+def parse_x509_svid(chain_der: bytes, key_der: bytes, hint: str = "") -> X509Svid:
+    """Parse and check an X509-SVID like ``x509svid.ParseRaw``; DoubleError with go-spiffe's texts."""
+    try:
+        certs = _parse_der_certificates(chain_der)
+    except DoubleError as exc:
+        raise DoubleError(f"x509svid: cannot parse DER encoded certificate: {exc}") from None
+    try:
+        key = serialization.load_der_private_key(key_der, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise DoubleError("x509svid: cannot parse DER encoded private key: x509: failed to parse private key") from None
+    try:
+        spiffe_id = _check_svid_certificates(certs)
+    except DoubleError as exc:
+        raise DoubleError(f"x509svid: certificate validation failed: {exc}") from None
+    if _public_der(key.public_key()) != _public_der(certs[0].public_key()):
+        raise DoubleError("x509svid: private key validation failed: leaf certificate does not match private key")
+    chain_pem = b"".join(pem_encode("CERTIFICATE", c.public_bytes(serialization.Encoding.DER)) for c in certs)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return X509Svid(spiffe_id, tuple(certs), KeyPair(chain_pem, key_pem), hint)
+
+
+@dataclass(frozen=True)
+class X509Context:
+    """What the X509 source holds: the SVIDs of the last response and the X.509 bundles by trust domain."""
+
+    svids: Tuple[X509Svid, ...]
+    bundles: Dict[str, Tuple[x509.Certificate, ...]]
+
+    @property
+    def default_svid(self) -> X509Svid:
+        """Return the SVID served: the first of the response, as go-spiffe's X509Source picks it."""
+        return self.svids[0]
+
+    def authorities_pem(self) -> bytes:
+        """Return every X.509 authority of every trust domain, as PEM (each certificate once)."""
+        seen = set()
+        out = []
+        for certs in self.bundles.values():
+            for cert in certs:
+                der = cert.public_bytes(serialization.Encoding.DER)
+                if der not in seen:
+                    seen.add(der)
+                    out.append(pem_encode("CERTIFICATE", der))
+        return b"".join(out)
+
+    def fingerprint(self) -> Tuple[bytes, bytes, Tuple[Tuple[str, bytes], ...]]:
+        """Return what decides whether a new context changes the served material."""
+        svid = self.default_svid
+        bundles = tuple(
+            (td, b"".join(c.public_bytes(serialization.Encoding.DER) for c in certs))
+            for td, certs in sorted(self.bundles.items())
+        )
+        return svid.pair.chain_pem, svid.pair.key_pem, bundles
+
+
+def parse_x509_context(response: Any) -> X509Context:
+    """Turn an ``X509SVIDResponse`` into an X509Context like go-spiffe's parseX509Context."""
+    if not response.svids:
+        raise DoubleError("no SVIDs in response")
+    hints = set()
+    svids = []
+    for item in response.svids:
+        if item.hint and item.hint in hints:
+            continue  # the first SVID of a hint wins
+        hints.add(item.hint)
+        svids.append(parse_x509_svid(item.x509_svid, item.x509_svid_key, item.hint))
+    bundles: Dict[str, Tuple[x509.Certificate, ...]] = {}
+    sources = [(item.spiffe_id, item.bundle) for item in response.svids]
+    sources.extend(sorted(response.federated_bundles.items()))
+    for owner, der in sources:
+        domain = trust_domain_from_string(owner)
+        bundles[domain] = tuple(_parse_der_certificates(der))
+    return X509Context(tuple(svids), bundles)
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Return True if ``issuer``'s key verifies ``cert``'s signature (ECDSA, RSA PKCS#1 v1.5, Ed25519)."""
+    public = issuer.public_key()
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+        elif isinstance(public, rsa.RSAPublicKey):
+            hash_algorithm = cert.signature_hash_algorithm
+            if hash_algorithm is None:
+                return False
+            public.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hash_algorithm)
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(cert.signature, cert.tbs_certificate_bytes)
+        else:
+            return False
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return True
+
+
+def _leaf_problem(leaf: x509.Certificate) -> Optional[str]:
+    usage = _key_usage(leaf)
+    if _is_ca(leaf):
+        return "x509svid: leaf certificate with CA flag set to true"
+    if usage is not None and usage.key_cert_sign:
+        return "x509svid: leaf certificate with KeyCertSign key usage"
+    if usage is not None and usage.crl_sign:
+        return "x509svid: leaf certificate with KeyCrlSign key usage"
+    return None
+
+
+def _parse_peer_leaf(der: Optional[bytes]) -> Tuple[x509.Certificate, str]:
+    """Parse the client leaf and its SPIFFE ID; DoubleError with go-spiffe's text."""
+    if der is None:
+        raise DoubleError("tls: client didn't provide a certificate")
+    try:
+        leaf = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise DoubleError("x509svid: unable to parse certificate: x509: malformed certificate") from None
+    try:
+        return leaf, leaf_spiffe_id(leaf)
+    except DoubleError as exc:
+        raise DoubleError(f"x509svid: could not get leaf SPIFFE ID: {exc}") from None
+
+
+def verify_peer_svid(der: Optional[bytes], context: X509Context) -> Optional[str]:
+    """Check a client certificate as go-spiffe's ``x509svid.Verify`` + ``AuthorizeAny`` do; return Go's error.
+
+    OpenSSL has already verified the chain against every authority of every trust domain. This adds what OpenSSL
+    cannot express: exactly one URI SAN that is a SPIFFE ID, the leaf checks, a bundle for that ID's trust domain,
+    and (for a leaf signed directly by an authority) an authority of THAT trust domain.
+    """
+    try:
+        leaf, spiffe_id = _parse_peer_leaf(der)
+    except DoubleError as exc:
+        return str(exc)
+    problem = _leaf_problem(leaf)
+    if problem is not None:
+        return problem
+    domain = spiffe_id_trust_domain(spiffe_id)
+    authorities = context.bundles.get(domain)
+    if authorities is None:
+        return f"x509svid: could not get X509 bundle: x509bundle: no X.509 bundle for trust domain {go_quote(domain)}"
+    anchors_named = [c for certs in context.bundles.values() for c in certs if c.subject == leaf.issuer]
+    own = [c for c in authorities if c.subject == leaf.issuer]
+    if anchors_named and not any(_signed_by(leaf, anchor) for anchor in own):
+        return "x509svid: could not verify leaf certificate: x509: certificate signed by unknown authority"
+    return None
+
+
+# The Workload API client: FetchX509SVID streamed with grpclib, retried as go-spiffe's client retries it.
+
+WORKLOAD_API_FETCH_X509_SVID = "/SpiffeWorkloadAPI/FetchX509SVID"
+WORKLOAD_API_HEADER = ("workload.spiffe.io", "true")
+WATCH_BACKOFF_STEP = 1.0  # go-spiffe's linear backoff: 1 s, 2 s, 3 s ... reset by every message
+WATCH_BACKOFF_MAX = 30.0
+_UNAVAILABLE = "rpc error: code = Unavailable desc = "
+
+
+def _connect_error(exc: OSError) -> str:
+    return f"connect: {go_strerror(exc)}"
+
+
+def _workload_messages() -> Dict[str, Any]:
+    """Describe the X509-SVID messages of workload.proto in code (a private pool) and return their classes."""
+    field_proto = descriptor_pb2.FieldDescriptorProto
+    optional, repeated = field_proto.LABEL_OPTIONAL, field_proto.LABEL_REPEATED
+    fdp = descriptor_pb2.FileDescriptorProto(name="permguard_double/workload.proto", syntax="proto3")
+    fdp.message_type.add(name="X509SVIDRequest")
+    svid = fdp.message_type.add(name="X509SVID")
+    for number, name, kind in (
+        (1, "spiffe_id", field_proto.TYPE_STRING),
+        (2, "x509_svid", field_proto.TYPE_BYTES),
+        (3, "x509_svid_key", field_proto.TYPE_BYTES),
+        (4, "bundle", field_proto.TYPE_BYTES),
+        (5, "hint", field_proto.TYPE_STRING),
+    ):
+        svid.field.add(name=name, number=number, label=optional, type=kind)
+    response = fdp.message_type.add(name="X509SVIDResponse")
+    response.field.add(name="svids", number=1, label=repeated, type=field_proto.TYPE_MESSAGE, type_name=".X509SVID")
+    response.field.add(name="crl", number=2, label=repeated, type=field_proto.TYPE_BYTES)
+    response.field.add(
+        name="federated_bundles",
+        number=3,
+        label=repeated,
+        type=field_proto.TYPE_MESSAGE,
+        type_name=".X509SVIDResponse.FederatedBundlesEntry",
+    )
+    entry = response.nested_type.add(name="FederatedBundlesEntry")
+    entry.field.add(name="key", number=1, label=optional, type=field_proto.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=optional, type=field_proto.TYPE_BYTES)
+    entry.options.map_entry = True
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(fdp.SerializeToString())
+    get_message_class = getattr(message_factory, "GetMessageClass", None)  # protobuf >= 4.22
+    factory = None if get_message_class is not None else message_factory.MessageFactory(pool)
+    classes = {}
+    for name in ("X509SVIDRequest", "X509SVID", "X509SVIDResponse"):
+        descriptor = pool.FindMessageTypeByName(name)
+        classes[name] = get_message_class(descriptor) if factory is None else factory.GetPrototype(descriptor)
+    return classes
+
+
+_WORKLOAD_MESSAGES = _workload_messages()
+X509SVIDRequest = _WORKLOAD_MESSAGES["X509SVIDRequest"]
+X509SVIDResponse = _WORKLOAD_MESSAGES["X509SVIDResponse"]
+
+
+def go_grpc_code(status: Any) -> str:
+    """Return grpc-go's name of a status code (``PermissionDenied``, ``Canceled``...)."""
+    name = getattr(status, "name", str(status))
+    if name == "CANCELLED":
+        return "Canceled"
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+class WatchError(Exception):
+    """A failed Workload API watch: the grpc-go status code name and grpc-go's error text."""
+
+    def __init__(self, code: str, text: str) -> None:
+        """Keep the code and the text."""
+        super().__init__(text)
+        self.code = code
+
+
+def _user_label(uid: int) -> str:
+    try:
+        return f"{uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return str(uid)
+
+
 class WorkloadApiX509Source(abc.ABC):
-    """Seam for a SPIFFE Workload API X509 source (SVID + trust bundle, rotated in memory)."""
+    """Seam for a SPIFFE Workload API X509 source (SVIDs and trust bundles, rotated in memory)."""
 
     @abc.abstractmethod
-    async def wait_first_update(self) -> Tuple[KeyPair, bytes]:
-        """Block until the first SVID and bundle arrive; return (SVID key pair, bundle PEM)."""
+    async def wait_first_update(self) -> X509Context:
+        """Block until the first X509 context arrives; raise StartupError when the source cannot be created."""
 
     @abc.abstractmethod
-    def on_update(self, callback: Callable[[KeyPair, bytes], None]) -> None:
-        """Register a callback for later SVID or bundle rotations."""
+    def on_update(self, callback: Callable[[X509Context], None]) -> None:
+        """Register a callback for every later X509 context (SVID or bundle rotations)."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """Stop watching the Workload API."""
+
+
+class WorkloadApiWatcher(WorkloadApiX509Source):
+    """go-spiffe's X509Source in asyncio: one FetchX509SVID stream, re-opened with a linear backoff on failure.
+
+    Like ``workloadapi.NewX509Source`` with a context that never ends, the first update is awaited for ever while
+    the agent is absent or answers PermissionDenied; only InvalidArgument and Canceled end the watch (and fail the
+    start when no update came yet). Every message replaces the whole context and resets the backoff; a message that
+    does not parse is skipped. Unlike go-spiffe, which logs nothing by default, the double logs what it waits for.
+    """
+
+    def __init__(self, target: WorkloadApiTarget, log: JsonLogger) -> None:
+        """Keep where to dial and the logger."""
+        self._target = target
+        self._log = log
+        self._callbacks: List[Callable[[X509Context], None]] = []
+        self._first: Optional[asyncio.Future] = None
+        self._task: Optional[asyncio.Task] = None
+        self._channel: Optional[Channel] = None
+        self._failures = 0
+        self._updates = 0
+        self._closed = False
+
+    async def wait_first_update(self) -> X509Context:
+        """Start the watch and wait for its first X509 context."""
+        loop = asyncio.get_running_loop()
+        self._first = loop.create_future()
+        self._task = loop.create_task(self._run())
+        return await self._first
+
+    def on_update(self, callback: Callable[[X509Context], None]) -> None:
+        """Call ``callback`` with every later X509 context."""
+        self._callbacks.append(callback)
+
+    def close(self) -> None:
+        """Cancel the watch and close the connection."""
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _new_channel(self) -> Channel:
+        if self._target.path is not None:
+            return Channel(path=self._target.path)
+        return Channel(self._target.host, self._target.port)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                await self._watch_once()
+                failure = WatchError("Unknown", "EOF")  # the agent ended the stream with OK: Recv gives io.EOF
+            except WatchError as exc:
+                failure = exc
+            finally:
+                if self._channel is not None:
+                    self._channel.close()
+                    self._channel = None
+            if self._closed:
+                return
+            if failure.code in ("Canceled", "InvalidArgument"):
+                self._log.error("SPIFFE Workload API watch canceled", error=str(failure), address=self._target.address)
+                self._deliver_failure(failure)
+                return
+            delay = min(WATCH_BACKOFF_STEP * (self._failures + 1), WATCH_BACKOFF_MAX)
+            self._failures += 1
+            self._log_failure(failure, delay)
+            await asyncio.sleep(delay)
+
+    def _log_failure(self, failure: WatchError, delay: float) -> None:
+        uid = os.geteuid()
+        fields: Dict[str, Any] = {
+            "address": self._target.address,
+            "error": str(failure),
+            "retry_in": go_format_duration(int(delay * 1e9)),
+            "uid": uid,
+        }
+        if failure.code == "PermissionDenied":
+            fields["hint"] = (
+                f"the agent has no identity for this process (uid {_user_label(uid)}): register one, "
+                f"for example with the selector unix:uid:{uid}"
+            )
+        if self._updates == 0:
+            self._log.warn("Waiting for the first X509-SVID from the SPIFFE Workload API", **fields)
+        else:
+            self._log.warn("SPIFFE Workload API watch failed, keeping the last X509-SVID", **fields)
+
+    def _deliver_failure(self, failure: WatchError) -> None:
+        if self._first is not None and not self._first.done():
+            self._first.set_exception(StartupError(f"spiffe: failed to create X509 source: {failure}"))
+
+    async def _watch_once(self) -> None:
+        """Open one FetchX509SVID stream and consume it; raise WatchError with grpc-go's text when it fails."""
+        self._channel = channel = self._new_channel()
+        try:
+            async with channel.request(
+                WORKLOAD_API_FETCH_X509_SVID,
+                Cardinality.UNARY_STREAM,
+                X509SVIDRequest,
+                X509SVIDResponse,
+                metadata=[WORKLOAD_API_HEADER],
+            ) as stream:
+                await stream.send_message(X509SVIDRequest(), end=True)
+                while True:
+                    response = await stream.recv_message()
+                    if response is None:
+                        break
+                    self._failures = 0
+                    self._receive(response)
+        except GRPCError as exc:
+            raise WatchError(
+                go_grpc_code(exc.status), f"rpc error: code = {go_grpc_code(exc.status)} desc = {exc.message or ''}"
+            ) from None
+        except StreamTerminatedError:
+            raise WatchError(
+                "Unavailable", "rpc error: code = Unavailable desc = error reading from server: EOF"
+            ) from None
+        except OSError as exc:
+            raise WatchError(
+                "Unavailable",
+                "rpc error: code = Unavailable desc = connection error: desc = "
+                + go_quote(
+                    f"transport: Error while dialing: dial {self._target.describe()}: connect: {go_strerror(exc)}"
+                ),
+            ) from None
+        except (ProtocolError, ValueError, RuntimeError) as exc:
+            raise WatchError("Unavailable", f"{_UNAVAILABLE}{exc}") from None
+
+    def _receive(self, response: Any) -> None:
+        try:
+            context = parse_x509_context(response)
+        except DoubleError as exc:
+            self._log.error("Failed to parse X509-SVID response", error=str(exc))
+            return
+        self._updates += 1
+        if self._first is not None and not self._first.done():
+            self._first.set_result(context)
+            return
+        for callback in list(self._callbacks):
+            callback(context)
+
+
+def build_spiffe_server_context(svid: X509Svid, authorities_pem: bytes) -> ssl.SSLContext:
+    """Server context of mode spiffe: the SVID, a client certificate required and chained to the bundles."""
+    context = new_server_context()
+    try:
+        load_key_pair_into(context, svid.pair)
+    except ssl.SSLError as exc:
+        raise DoubleError(f"tls: failed to load the X509-SVID: {exc}") from None
+    context.verify_mode = ssl.CERT_REQUIRED  # go-spiffe: RequireAnyClientCert + its own verification
+    context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)  # every authority is an anchor, as in Go
+    if authorities_pem:
+        context.load_verify_locations(cadata=authorities_pem.decode("ascii"))
+    return context
+
+
+def _svid_fields(context: X509Context) -> Dict[str, Any]:
+    svid = context.default_svid
+    return {
+        "spiffe_id": svid.spiffe_id,
+        "serial": format(svid.leaf.serial_number, "x"),
+        "not_after": _not_after(svid.leaf).isoformat(),
+        "trust_domains": sorted(context.bundles),
+        "authorities": sum(len(certs) for certs in context.bundles.values()),
+    }
+
+
+def _not_after(cert: x509.Certificate) -> datetime.datetime:
+    value = getattr(cert, "not_valid_after_utc", None)  # cryptography >= 42
+    return value if value is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
 class SpiffeCredentials(CredentialsProvider):
@@ -1196,29 +1841,62 @@ class SpiffeCredentials(CredentialsProvider):
         self._environ = environ
         self._source: Optional[WorkloadApiX509Source] = None
         self._rotating: Optional[RotatingServerContext] = None
+        self._context: Optional[X509Context] = None
+        self._log: Optional[JsonLogger] = None
 
-    def _new_source(self, address: str) -> WorkloadApiX509Source:
-        raise StartupError(
-            "spiffe: failed to create X509 source: the SPIFFE Workload API client is not implemented by this "
-            f"double yet (address {address})"
-        )
+    def _new_source(self, target: WorkloadApiTarget, log: JsonLogger) -> WorkloadApiX509Source:
+        return WorkloadApiWatcher(target, log)
 
     async def start(self, log: JsonLogger) -> None:
-        """Resolve the address, connect and wait for the first SVID."""
+        """Resolve the address, then block until the first X509-SVID arrives (for ever, like the real server)."""
+        self._log = log
         try:
             address = spiffe_address(self._settings.spiffe_socket_path, self._environ)
-            spiffe_target(address)
+            target = spiffe_dial_target(address)
         except SpiffeAddressError as exc:
             raise StartupError(f"spiffe: failed to create X509 source: {exc}") from None
-        self._source = self._new_source(address)
-        svid, bundle = await self._source.wait_first_update()
-        self._rotating = RotatingServerContext(build_server_context(svid, bundle))
-        rotating = self._rotating
-        self._source.on_update(lambda pair, pem: rotating.update(build_server_context(pair, pem)))
+        log.info("Creating the SPIFFE X509 source: waiting for the first X509-SVID", address=address)
+        self._source = self._new_source(target, log)
+        context = await self._source.wait_first_update()
+        try:
+            server_context = build_spiffe_server_context(context.default_svid, context.authorities_pem())
+        except DoubleError as exc:
+            raise StartupError(f"spiffe: {exc}") from None
+        self._context = context
+        self._rotating = RotatingServerContext(server_context)
+        log.info("X509-SVID received from the SPIFFE Workload API", **_svid_fields(context))
+        self._source.on_update(self._update)
+
+    def _update(self, context: X509Context) -> None:
+        """Serve a new X509 context from the next handshake on (in memory, no restart)."""
+        log = self._log
+        current = self._context
+        if current is not None and current.fingerprint() == context.fingerprint():
+            return
+        try:
+            server_context = build_spiffe_server_context(context.default_svid, context.authorities_pem())
+        except DoubleError as exc:
+            if log is not None:
+                log.error("X509-SVID update could not be applied, keeping the previous one", error=str(exc))
+            return
+        assert self._rotating is not None
+        self._rotating.update(server_context)
+        self._context = context
+        if log is not None:
+            log.info("X509-SVID rotated in memory", **_svid_fields(context))
 
     def server_context(self) -> Optional[ssl.SSLContext]:
         """Return the outer (switching) context."""
         return self._rotating.outer if self._rotating else None
+
+    def peer_check(self) -> Optional[Callable[[Optional[bytes]], Optional[str]]]:
+        """Return the SPIFFE check of a client certificate against the current bundles."""
+
+        def check(der: Optional[bytes]) -> Optional[str]:
+            context = self._context
+            return verify_peer_svid(der, context) if context is not None else "x509svid: no X.509 bundle yet"
+
+        return check
 
     def close(self) -> None:
         """Close the X509 source."""
@@ -1285,22 +1963,37 @@ def _grpc_services(service: str, stopping: asyncio.Event) -> List[Any]:
     return handlers
 
 
-class AlpnGuardProtocol(asyncio.Protocol):
-    """Wraps grpclib's HTTP/2 protocol: drops a TLS connection that did not negotiate ALPN h2 (grpc-go >= 1.67)."""
+PeerCheck = Callable[[Optional[bytes]], Optional[str]]
 
-    def __init__(self, inner: asyncio.Protocol, log: JsonLogger) -> None:
+
+class AlpnGuardProtocol(asyncio.Protocol):
+    """Wraps grpclib's HTTP/2 protocol: drops a TLS connection that did not negotiate ALPN h2 (grpc-go >= 1.67).
+
+    With ``peer_check`` (mode spiffe) the client certificate is also checked right after the handshake; a refused
+    one closes the connection before any HTTP/2 byte is read.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, log: JsonLogger, peer_check: Optional[PeerCheck] = None) -> None:
         """Wrap ``inner``."""
         self._inner = inner
         self._log = log
+        self._peer_check = peer_check
         self._active = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Check ALPN, then hand over to the HTTP/2 protocol."""
+        """Check ALPN (and the client certificate), then hand over to the HTTP/2 protocol."""
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
             self._log.debug("closing a TLS connection without ALPN h2", peer=str(transport.get_extra_info("peername")))
             transport.abort()
             return
+        if ssl_object is not None and self._peer_check is not None:
+            error = self._peer_check(ssl_object.getpeercert(binary_form=True))
+            if error is not None:
+                peer = str(transport.get_extra_info("peername"))
+                self._log.debug("TLS handshake error: client certificate refused", peer=peer, error=error)
+                transport.abort()
+                return
         self._active = True
         self._inner.connection_made(transport)
 
@@ -1349,12 +2042,14 @@ class AlertFlushingSSLProtocol(sslproto.SSLProtocol):
         super()._on_handshake_complete(handshake_exc)
 
 
-def _make_server(handlers: List[Any], context: Optional[ssl.SSLContext], log: JsonLogger) -> Any:
+def _make_server(
+    handlers: List[Any], context: Optional[ssl.SSLContext], log: JsonLogger, peer_check: Optional[PeerCheck] = None
+) -> Any:
     class GuardedServer(Server):
         """grpclib's server with the ALPN check and, in TLS modes, the alert-flushing TLS layer."""
 
         def _protocol_factory(self) -> Any:
-            app = AlpnGuardProtocol(super()._protocol_factory(), log)
+            app = AlpnGuardProtocol(super()._protocol_factory(), log, peer_check)
             if context is None:
                 return app
             return AlertFlushingSSLProtocol(asyncio.get_event_loop(), app, context, None, server_side=True)
@@ -1458,16 +2153,26 @@ async def serve(
     log.info("Bootstrapper is starting the server")
     if settings.otel_enabled:
         log.warn("OpenTelemetry is not emulated by the Permguard test double")
-    context = await _start_credentials(settings, credentials, log)
 
+    # The real server subscribes to SIGTERM/SIGINT only once its credentials are built: a signal that arrives
+    # before (mode spiffe blocks there until the first X509-SVID) kills it with Go's default action.
     stopping = asyncio.Event()
+    phase = {"starting": True}
+
+    def on_signal(signum: int) -> None:
+        if phase["starting"]:
+            _die_by_signal(signum, log)
+        stopping.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+        loop.add_signal_handler(signum, on_signal, signum)
+    context = await _start_credentials(settings, credentials, log)
+    phase["starting"] = False
 
     sockets = _listen_all(flavour, settings, log)
     servers = []
     for service in flavour.endpoints:
-        server = _make_server(_grpc_services(service, stopping), context, log)
+        server = _make_server(_grpc_services(service, stopping), context, log, credentials.peer_check())
         await server.start(sock=sockets[service])
         servers.append(server)
         family = "ipv6+ipv4" if sockets[service].family == socket.AF_INET6 else "ipv4"
@@ -1493,6 +2198,15 @@ async def serve(
     if job is not None:
         job.close()
     log.info("Bootstrapper has stopped the server")
+
+
+def _die_by_signal(signum: int, log: JsonLogger) -> None:
+    """Terminate as a Go program without a signal subscription does: killed by the signal itself."""
+    log.info("Bootstrapper received a signal before serving: terminated by it", signal=signal.Signals(signum).name)
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    time.sleep(1)  # pragma: no cover - the signal ends the process first
+    os._exit(128 + signum)  # pragma: no cover
 
 
 async def _start_credentials(

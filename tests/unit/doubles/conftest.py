@@ -1,4 +1,4 @@
-"""Fixtures for the Permguard server double tests: a throw-away PKI, free ports and a process runner.
+"""Fixtures for the Permguard server double tests: a throw-away PKI, free ports, a process runner, a SPIRE agent.
 
 The double runs as a subprocess of the test interpreter (``sys.executable``; set ``DOUBLE_PYTHON`` to run it on
 another one, e.g. Debian's ``/usr/bin/python3``) through symlinks named like the real binaries, so its ``argv[0]``
@@ -10,14 +10,16 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 from cryptography import x509
@@ -26,6 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DOUBLE = Path(__file__).resolve().parents[2] / "doubles" / "permguard_double.py"
+if str(DOUBLE.parent) not in sys.path:
+    sys.path.insert(0, str(DOUBLE.parent))
+
+import spire_agent_double  # noqa: E402 - the one SPIRE agent double, in-process (tests only)
+
+SPIFFE_SERVER_ID = "spiffe://example.org/permguard/server"
 BINARIES = ("permguard_all_in_one", "permguard_control_plane", "permguard_data_plane")
 DOUBLE_PYTHON = os.environ.get("DOUBLE_PYTHON") or sys.executable
 START_TIMEOUT = 6.0
@@ -285,3 +293,20 @@ def module_runner(binaries: Dict[str, Path], tmp_path_factory: pytest.TempPathFa
     instance = Runner(binaries, tmp_path_factory.mktemp("double"))
     yield instance
     instance.close()
+
+
+# --------------------------------------------------------------------------- SPIFFE
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short directory under /tmp: Unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="pg-spire-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def new_spire_agent(directory: Path, identities: Optional[Dict[int, str]] = None) -> Any:
+    """The SPIRE agent double (not started) on ``<directory>/public/api.sock``; scheduled rotation off."""
+    socket_path = str(directory / "public" / "api.sock")
+    return spire_agent_double.WorkloadApiDouble(socket_path, identities or {}, rotate_every=0)

@@ -12,6 +12,8 @@ import errno
 import hashlib
 import importlib.util
 import ipaddress
+import json
+import os
 import shutil
 import signal
 import socket
@@ -19,6 +21,9 @@ import ssl
 import stat
 import sys
 import tarfile
+import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -30,14 +35,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf import empty_pb2
 from grpclib.client import Channel
-from grpclib.const import Cardinality, Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_grpc import HealthStub
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
+from grpclib.server import Server
 
-from .conftest import DOUBLE, Pki, Runner, free_ports, port_is_listening
+from .conftest import (
+    DOUBLE,
+    SPIFFE_SERVER_ID,
+    Pki,
+    Runner,
+    free_ports,
+    new_spire_agent,
+    port_is_listening,
+    spire_agent_double,
+)
 
 BUILD_RELEASE = DOUBLE.parent / "build_release.py"
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -244,11 +259,29 @@ def _error_cases(pki: Pki, tmp: Path) -> Dict[str, tuple]:
             "run",
             spiffe_prefix + 'workload endpoint socket URI must have a "tcp" or "unix" scheme',
         ),
-        "spiffe-socket": (
-            ["--server-tls-mode=spiffe", f"--server-tls-spiffe-socket-path={sock}"],
+        "spiffe-env-empty": (
+            ["--server-tls-mode=spiffe"],
+            {"SPIFFE_ENDPOINT_SOCKET": ""},
+            "run",
+            spiffe_prefix + 'workload endpoint socket URI must have a "tcp" or "unix" scheme',
+        ),
+        "spiffe-env-opaque": (
+            ["--server-tls-mode=spiffe"],
+            {"SPIFFE_ENDPOINT_SOCKET": f"unix:{sock.relative_to('/')}"},
+            "run",
+            spiffe_prefix + "workload endpoint unix socket URI must not be opaque",
+        ),
+        "spiffe-flag-given-a-uri": (
+            ["--server-tls-mode=spiffe", f"--server-tls-spiffe-socket-path=unix://{sock}"],
             {},
             "run",
-            spiffe_prefix,
+            spiffe_prefix + "failed to exit idle mode: failed to start resolver: invalid (non-empty) authority: unix:",
+        ),
+        "spiffe-flag-relative-path": (
+            ["--server-tls-mode=spiffe", "--server-tls-spiffe-socket-path=run/spire/agent.sock"],
+            {},
+            "run",
+            spiffe_prefix + "failed to exit idle mode: failed to start resolver: invalid (non-empty) authority: run",
         ),
     }
 
@@ -269,7 +302,10 @@ ERROR_CASES = (
     "ca-file-missing",
     "spiffe-no-socket",
     "spiffe-env-without-scheme",
-    "spiffe-socket",
+    "spiffe-env-empty",
+    "spiffe-env-opaque",
+    "spiffe-flag-given-a-uri",
+    "spiffe-flag-relative-path",
 )
 
 
@@ -289,9 +325,6 @@ def test_startup_error_texts(case: str, runner: Runner, pki: Pki, tmp_path: Path
         assert f"Error: {text}" in process.stderr
         assert "Usage:\n  all-in-one [flags]" in process.stderr
         assert process.stdout.rstrip("\n").splitlines()[-1].startswith(text)
-    if case == "spiffe-socket":
-        assert f"unix://{tmp_path / 'agent.sock'}" in process.stdout
-        assert "not implemented by this double" in process.stdout
     assert not any(port_is_listening(p) for p in ports.values())
     assert not (appdata / "certs").exists()
 
@@ -700,6 +733,388 @@ def test_go_value_parsing(double_module: Any) -> None:
     assert spec.env == "PERMGUARD_SERVER_PAP_TX_CLEANUP_INTERVAL"
     assert double_module.cast_env_value(spec, "300") == 300
     assert double_module.go_quote('a"b\n') == '"a\\"b\\n"'
+
+
+# --------------------------------------------------------------------------- mode spiffe
+
+SPIFFE_CLIENT_ID = "spiffe://example.org/ops/probe"
+SPIFFE_WAIT = 10.0  # the double retries like go-spiffe: 1 s, 2 s, 3 s... after each failed attempt
+
+
+def wait_for(predicate: Any, timeout: float = SPIFFE_WAIT, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def svid_context(
+    agent: Any,
+    directory: Path,
+    svid: Any = None,
+    *,
+    spiffe_id: str = SPIFFE_CLIENT_ID,
+    version: Optional[ssl.TLSVersion] = None,
+) -> ssl.SSLContext:
+    """A client context as a SPIFFE client builds it: its SVID, the agent's bundle, no host name check."""
+    svid = svid or agent.issue_svid(spiffe_id)
+    stem = f"svid-{time.monotonic_ns()}"
+    cert, key = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
+    cert.write_bytes(svid.chain_pem)
+    key.write_bytes(svid.key_pem)
+    bundle = directory / f"{stem}-bundle.pem"
+    bundle.write_bytes(agent.bundle_pem())
+    context = client_context(bundle, cert, key, version=version)
+    context.check_hostname = False  # an X509-SVID carries no DNS name
+    return context
+
+
+def sign_leaf(ca: Any, sans: list, *, is_ca: bool = False) -> Any:
+    """A leaf signed by a SPIRE double CA with arbitrary SANs (a non-SVID from a trusted CA)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not an svid")]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca.private_key, hashes.SHA256())
+    return spire_agent_double.IssuedSvid("", (cert,), key)
+
+
+def peer_serial(port: int, context: ssl.SSLContext) -> int:
+    exchange = tls_exchange(port, context)
+    assert exchange["outcome"] == "settings", exchange
+    return x509.load_der_x509_certificate(exchange["peer"]).serial_number
+
+
+@pytest.fixture(scope="module")
+def spiffe_run(module_runner: Runner, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    """A double in mode spiffe whose start is watched from an absent agent to a registered identity.
+
+    The double starts before the agent exists; the agent then comes up with no identity for the double's uid
+    (PermissionDenied); only after ``set_identity`` does the double get its SVID and listen.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="pg-spire-", dir="/tmp"))
+    agent = new_spire_agent(directory, {os.getuid() + 1: "spiffe://example.org/someone/else"})
+    ports = three_ports()
+    args = [
+        f"--server-appdata={module_runner.appdata('spiffe-appdata')}",
+        "--server-tls-mode=spiffe",
+        f"--server-tls-spiffe-socket-path={agent.socket_path}",
+        "--log-level=DEBUG",
+        *port_args(ports),
+    ]
+    process = module_runner.start(args)
+    seen: Dict[str, Any] = {"ports": ports, "process": process, "agent": agent}
+    try:
+        wait_for(lambda: "connect: no such file or directory" in process.stderr, what="a failed dial logged")
+        agent.start()
+        wait_for(lambda: "PermissionDenied desc = no identity issued" in process.stderr, what="PermissionDenied")
+        seen["blocked_alive"] = process.proc.poll() is None
+        seen["blocked_listening"] = [p for p in ports.values() if port_is_listening(p)]
+        seen["blocked_stderr"] = process.stderr
+        agent.set_identity(os.getuid(), SPIFFE_SERVER_ID)
+        registered = time.monotonic()
+        process.wait_ready(list(ports.values()), timeout=SPIFFE_WAIT)
+        seen["ready_after"] = time.monotonic() - registered
+        seen["dir"] = tmp_path_factory.mktemp("spiffe-client")
+        yield seen
+        assert process.stop() == 0
+    finally:
+        agent.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_spiffe_start_blocks_until_the_agent_issues_an_svid(spiffe_run: Dict[str, Any]) -> None:
+    assert spiffe_run["blocked_alive"], "the start must block, not fail"
+    assert spiffe_run["blocked_listening"] == [], "nothing listens before the first SVID"
+    log = spiffe_run["blocked_stderr"]
+    agent = spiffe_run["agent"]
+    assert f'"address": "unix://{agent.socket_path}"' in log
+    assert f"transport: Error while dialing: dial unix {agent.socket_path}: connect: no such file or directory" in log
+    assert "Waiting for the first X509-SVID from the SPIFFE Workload API" in log
+    assert f"unix:uid:{os.getuid()}" in log, "the wait names the uid that needs a registration entry"
+    assert '"retry_in": "1s"' in log and '"retry_in": "2s"' in log, "go-spiffe's linear backoff"
+    assert "TLS enabled" not in log
+    assert spiffe_run["ready_after"] < 4.0  # the next retry, at most 3 s later
+    assert '"msg": "TLS enabled", "mode": "spiffe"' in spiffe_run["process"].stderr
+
+
+def test_spiffe_serves_every_port_to_a_client_svid(spiffe_run: Dict[str, Any]) -> None:
+    agent, directory = spiffe_run["agent"], spiffe_run["dir"]
+    context = svid_context(agent, directory)
+    for port in spiffe_run["ports"].values():
+        assert health(port, context) == SERVING
+    for version in (None, ssl.TLSVersion.TLSv1_2):
+        exchange = tls_exchange(spiffe_run["ports"]["pdp"], svid_context(agent, directory, version=version))
+        assert exchange["outcome"] == "settings"
+        assert exchange["alpn"] == "h2"
+        assert exchange["version"] == ("TLSv1.2" if version else "TLSv1.3")
+    server_cert = x509.load_der_x509_certificate(exchange["peer"])
+    sans = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [SPIFFE_SERVER_ID]
+    assert sans.get_values_for_type(x509.DNSName) == []
+    assert server_cert.serial_number == agent.svid(SPIFFE_SERVER_ID).serial_number
+
+
+def test_spiffe_accepts_any_spiffe_id_of_a_trusted_trust_domain(spiffe_run: Dict[str, Any]) -> None:
+    agent, directory = spiffe_run["agent"], spiffe_run["dir"]
+    port = spiffe_run["ports"]["zap"]
+    for spiffe_id in ("spiffe://example.org/a", "spiffe://example.org/team/b/c"):
+        assert health(port, svid_context(agent, directory, spiffe_id=spiffe_id)) == SERVING, spiffe_id
+    # The trust domain's own ID is a valid SPIFFE ID for go-spiffe too (the SPIRE double will not issue one).
+    domain_svid = sign_leaf(agent.ca, [x509.UniformResourceIdentifier("spiffe://example.org")])
+    assert health(port, svid_context(agent, directory, domain_svid)) == SERVING
+
+
+def test_spiffe_refuses_a_client_without_a_certificate(spiffe_run: Dict[str, Any]) -> None:
+    agent, directory = spiffe_run["agent"], spiffe_run["dir"]
+    bundle = directory / "bundle-only.pem"
+    bundle.write_bytes(agent.bundle_pem())
+    context = client_context(bundle)
+    context.check_hostname = False
+    port = spiffe_run["ports"]["pap"]
+    assert "CERTIFICATE_REQUIRED" in str(tls_exchange(port, context)["outcome"])  # TLS 1.3 alert 116, as Go
+    assert health_fails(port, context)
+
+
+def test_spiffe_refuses_an_svid_from_another_ca(spiffe_run: Dict[str, Any]) -> None:
+    agent, directory = spiffe_run["agent"], spiffe_run["dir"]
+    stranger = spire_agent_double.CertificateAuthority.generate("example.org", 3600)
+    svid = stranger.issue_svid(SPIFFE_CLIENT_ID, 600)  # a well-formed SVID of the same trust domain name
+    context = svid_context(agent, directory, svid)
+    outcome = str(tls_exchange(spiffe_run["ports"]["zap"], context)["outcome"])
+    assert outcome.startswith("ssl:") and "UNKNOWN_CA" in outcome, outcome
+    assert health_fails(spiffe_run["ports"]["zap"], context)
+
+
+@pytest.mark.parametrize(
+    ("sans", "error"),
+    [
+        ([], "x509svid: could not get leaf SPIFFE ID: certificate contains no URI SAN"),
+        ([x509.DNSName("localhost")], "x509svid: could not get leaf SPIFFE ID: certificate contains no URI SAN"),
+        (
+            [
+                x509.UniformResourceIdentifier("spiffe://example.org/a"),
+                x509.UniformResourceIdentifier("spiffe://example.org/b"),
+            ],
+            "x509svid: could not get leaf SPIFFE ID: certificate contains more than one URI SAN",
+        ),
+        (
+            [x509.UniformResourceIdentifier("https://example.org/a")],
+            "x509svid: could not get leaf SPIFFE ID: scheme is missing or invalid",
+        ),
+        (
+            [x509.UniformResourceIdentifier("spiffe://other.org/a")],
+            'x509svid: could not get X509 bundle: x509bundle: no X.509 bundle for trust domain "other.org"',
+        ),
+    ],
+    ids=["no-san", "dns-only", "two-uris", "not-spiffe", "unknown-trust-domain"],
+)
+def test_spiffe_refuses_a_trusted_certificate_that_is_not_an_svid(
+    spiffe_run: Dict[str, Any], sans: list, error: str
+) -> None:
+    """go-spiffe's tlsconfig verifies the peer as an X509-SVID: a certificate from the trusted CA is not enough."""
+    agent, directory = spiffe_run["agent"], spiffe_run["dir"]
+    context = svid_context(agent, directory, sign_leaf(agent.ca, sans))
+    port = spiffe_run["ports"]["pdp"]
+    exchange = tls_exchange(port, context)
+    assert exchange["outcome"] != "settings", "the connection must be closed before HTTP/2"
+    assert health_fails(port, context)
+    assert json.dumps(error) in spiffe_run["process"].stderr  # as the JSON log line quotes it
+
+
+def test_spiffe_rotation_is_served_in_memory(spiffe_run: Dict[str, Any]) -> None:
+    agent, directory, process = spiffe_run["agent"], spiffe_run["dir"], spiffe_run["process"]
+    port = spiffe_run["ports"]["zap"]
+    client = svid_context(agent, directory)
+    before = peer_serial(port, client)
+    pid = process.proc.pid
+    started = time.monotonic()
+    serials = agent.rotate()
+    new_serial = serials[SPIFFE_SERVER_ID]
+    assert new_serial != before
+    wait_for(lambda: peer_serial(port, client) == new_serial, timeout=5, what="the rotated SVID served")
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"rotation took {elapsed:.3f}s"
+    assert process.proc.pid == pid and process.proc.poll() is None, "no restart"
+    for other in spiffe_run["ports"].values():
+        assert peer_serial(other, client) == new_serial
+        assert health(other, client) == SERVING
+    assert "X509-SVID rotated in memory" in process.stderr
+
+
+def test_spiffe_bundle_rotation_is_served_in_memory(spiffe_run: Dict[str, Any]) -> None:
+    """A CA rotation changes the bundle: new client SVIDs are trusted, and a dropped CA no longer is."""
+    agent, directory = spiffe_run["agent"], spiffe_run["dir"]
+    port = spiffe_run["ports"]["pap"]
+    old_ca_svid = agent.issue_svid(SPIFFE_CLIENT_ID)
+    agent.rotate_ca()  # the old CA stays in the bundle
+    new_ca_svid = agent.issue_svid(SPIFFE_CLIENT_ID)
+    assert new_ca_svid.leaf.issuer != old_ca_svid.leaf.issuer
+    server_serial = agent.svid(SPIFFE_SERVER_ID).serial_number
+    wait_for(lambda: peer_serial(port, svid_context(agent, directory, new_ca_svid)) == server_serial, timeout=5)
+    assert health(port, svid_context(agent, directory, new_ca_svid)) == SERVING
+    assert health(port, svid_context(agent, directory, old_ca_svid)) == SERVING
+    agent.rotate_ca(keep_previous=False)  # a trust break: only the newest CA remains
+    server_serial = agent.svid(SPIFFE_SERVER_ID).serial_number
+    newest = svid_context(agent, directory)
+    wait_for(lambda: peer_serial(port, newest) == server_serial, timeout=5)
+    assert health_fails(port, svid_context(agent, directory, old_ca_svid))
+
+
+def test_spiffe_endpoint_socket_environment(runner: Runner, short_dir: Path) -> None:
+    """Without the flag the double reads SPIFFE_ENDPOINT_SOCKET, a full unix:/// URI (the agent up already)."""
+    (port,) = free_ports(1)
+    with new_spire_agent(short_dir, {os.getuid(): SPIFFE_SERVER_ID}) as agent:
+        process = runner.start(
+            [f"--server-appdata={runner.appdata()}", f"--server-pdp-grpc-port={port}"],
+            {"PERMGUARD_SERVER_TLS_MODE": "spiffe", "SPIFFE_ENDPOINT_SOCKET": agent.endpoint},
+            binary="permguard_data_plane",
+        )
+        process.wait_ready([port], timeout=SPIFFE_WAIT)
+        assert health(port, svid_context(agent, short_dir)) == SERVING
+        assert f'"address": "{agent.endpoint}"' in process.stderr
+        assert "Waiting for the first X509-SVID" not in process.stderr, "an issued identity is served at once"
+        assert process.stop() == 0
+
+
+def test_spiffe_sigterm_while_blocked_ends_the_process(runner: Runner, short_dir: Path) -> None:
+    """Like the real server, which subscribes to signals only after building its credentials: killed by SIGTERM."""
+    (port,) = free_ports(1)
+    socket_path = short_dir / "absent" / "api.sock"
+    process = runner.start(
+        [
+            f"--server-appdata={runner.appdata()}",
+            f"--server-pdp-grpc-port={port}",
+            "--server-tls-mode=spiffe",
+            f"--server-tls-spiffe-socket-path={socket_path}",
+        ],
+        binary="permguard_data_plane",
+    )
+    wait_for(lambda: "Waiting for the first X509-SVID" in process.stderr, what="the wait logged")
+    assert process.proc.poll() is None
+    assert process.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert not port_is_listening(port)
+    assert "terminated by it" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_spiffe_invalid_argument_from_the_agent_fails_the_start(runner: Runner, short_dir: Path) -> None:
+    """InvalidArgument is the one answer go-spiffe does not retry: the source is not created."""
+    socket_path = str(short_dir / "picky.sock")
+
+    async def refuse(stream: Any) -> None:
+        await stream.recv_message()
+        raise GRPCError(Status.INVALID_ARGUMENT, "security header missing from request")
+
+    class Picky:
+        def __mapping__(self) -> Dict[str, Any]:
+            return {
+                "/SpiffeWorkloadAPI/FetchX509SVID": Handler(
+                    refuse, Cardinality.UNARY_STREAM, empty_pb2.Empty, empty_pb2.Empty
+                )
+            }
+
+    async def serve() -> Server:
+        server = Server([Picky()])
+        await server.start(path=socket_path)
+        return server
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = asyncio.run_coroutine_threadsafe(serve(), loop).result(5)
+    try:
+        (port,) = free_ports(1)
+        process = runner.run(
+            [
+                f"--server-appdata={runner.appdata()}",
+                f"--server-pdp-grpc-port={port}",
+                "--server-tls-mode=spiffe",
+                f"--server-tls-spiffe-socket-path={socket_path}",
+            ],
+            binary="permguard_data_plane",
+        )
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        asyncio.run_coroutine_threadsafe(server.wait_closed(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    text = (
+        "spiffe: failed to create X509 source: rpc error: code = InvalidArgument desc = security header missing "
+        "from request"
+    )
+    assert process.proc.returncode == 1
+    assert f"Error: {text}" in process.stderr
+    assert process.stdout.rstrip("\n").splitlines()[-1] == text
+
+
+def test_spiffe_context_parsing_and_peer_checks(double_module: Any) -> None:
+    """In-process: hints, federated bundles, and the trust-domain binding of a client SVID."""
+    local = spire_agent_double.CertificateAuthority.generate("example.org", 3600)
+    remote = spire_agent_double.CertificateAuthority.generate("partner.net", 3600)
+    first = local.issue_svid(SPIFFE_SERVER_ID, 600)
+    second = local.issue_svid("spiffe://example.org/second", 600)
+    response = double_module.X509SVIDResponse()
+    der = serialization.Encoding.DER
+    for svid, hint in ((first, "internal"), (second, "internal")):
+        response.svids.add(
+            spiffe_id=svid.spiffe_id,
+            x509_svid=svid.chain_der,
+            x509_svid_key=svid.key_der,
+            bundle=local.certificate.public_bytes(der),
+            hint=hint,
+        )
+    response.federated_bundles["spiffe://partner.net"] = remote.certificate.public_bytes(der)
+    context = double_module.parse_x509_context(response)
+    assert [s.spiffe_id for s in context.svids] == [SPIFFE_SERVER_ID], "the first SVID of a hint wins"
+    assert sorted(context.bundles) == ["example.org", "partner.net"]
+
+    def check(svid: Any) -> Optional[str]:
+        return double_module.verify_peer_svid(svid.leaf.public_bytes(der), context)
+
+    assert check(remote.issue_svid("spiffe://partner.net/client", 600)) is None, "a federated SPIFFE ID is accepted"
+    forged = remote.issue_svid("spiffe://example.org/forged", 600)  # partner's CA vouching for our trust domain
+    assert check(forged) == "x509svid: could not verify leaf certificate: x509: certificate signed by unknown authority"
+    assert check(local.issue_svid("spiffe://example.org/any/one", 600)) is None
+    assert double_module.verify_peer_svid(None, context) == "tls: client didn't provide a certificate"
+
+    broken = double_module.X509SVIDResponse()
+    broken.svids.add(spiffe_id=SPIFFE_SERVER_ID, x509_svid=first.chain_der, x509_svid_key=second.key_der)
+    with pytest.raises(double_module.DoubleError, match="leaf certificate does not match private key"):
+        double_module.parse_x509_context(broken)
+    with pytest.raises(double_module.DoubleError, match="no SVIDs in response"):
+        double_module.parse_x509_context(double_module.X509SVIDResponse())
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("unix:///run/spire/agent.sock", ("/run/spire/agent.sock", None, None)),
+        ("unix:/run/spire/agent.sock", ("/run/spire/agent.sock", None, None)),
+        ("tcp://127.0.0.1:8081", (None, "127.0.0.1", 8081)),
+        ("tcp://[::1]:8081", (None, "::1", 8081)),
+    ],
+)
+def test_spiffe_dial_targets(double_module: Any, address: str, expected: tuple) -> None:
+    target = double_module.spiffe_dial_target(address)
+    assert (target.path, target.host, target.port) == expected
 
 
 # --------------------------------------------------------------------------- release builder

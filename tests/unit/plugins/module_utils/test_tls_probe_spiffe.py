@@ -209,7 +209,7 @@ def test_agent_stopped(spire_agent, spiffe_server):
     spire_agent.stop()  # a clean stop removes the socket
     assert not os.path.exists(spire_agent.socket_path)
     result = probe(server.url, spiffe_socket=spire_agent.socket_path)
-    assert_diagnosis(result, "workload_api_unavailable", "does not exist", "is the SPIRE agent running?")
+    assert_diagnosis(result, "workload_api_unavailable", "does not exist", "is the SPIRE agent running")
     assert server.health.client_certs == []
 
 
