@@ -6,8 +6,11 @@ import ast
 import datetime
 import hashlib
 import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -524,12 +527,35 @@ def test_files_that_cannot_be_read(pki, tmp_path):
     check("cert_file", "is not a regular file", cert_file=str(tmp_path), key_file=pki.client[1])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+_CHECK_UNREADABLE = """
+import sys
+from ansible_collections.permguard.secure.plugins.module_utils.tls_probe import (
+    ProbeArgumentError, ProbeOptions, validate_options)
+try:
+    validate_options(ProbeOptions(ca_file=sys.argv[1]))
+except ProbeArgumentError as exc:
+    print(exc.option, exc, sep="|")
+"""
+
+
 def test_file_without_read_permission(pki, tmp_path):
     locked = tmp_path / "locked.pem"
     locked.write_bytes(Path(pki.ca.cert_file).read_bytes())
     locked.chmod(0)
-    check("ca_file", "cannot read", ca_file=str(locked))
+    if os.geteuid() != 0:
+        check("ca_file", "cannot read", ca_file=str(locked))
+        return
+    # Root reads any file: drop the capabilities that bypass file modes, so the kernel checks them.
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to test file modes as root")
+    drop = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    out = subprocess.run(
+        [*drop, sys.executable, "-c", _CHECK_UNREADABLE, str(locked)], capture_output=True, text=True, check=True
+    ).stdout
+    option, _sep, message = out.strip().partition("|")
+    assert option == "ca_file", out
+    assert "cannot read" in message, out
 
 
 def test_files_that_are_not_pem(pki, tmp_path):
