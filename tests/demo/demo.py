@@ -104,6 +104,7 @@ def write_inventory(names: list[str], variables: dict[str, str]) -> Path:
         "permguard_servers": {
             "hosts": {n: {"ansible_connection": "containers.podman.podman"} for n in names},
             "vars": {"ansible_python_interpreter": "/usr/bin/python3", "permguard_server_tls_mode": "none",
+                     "permguard_server_allow_plaintext": True,
                      **variables},
         }
     }  # fmt: skip
