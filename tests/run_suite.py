@@ -133,6 +133,7 @@ def stage_unit() -> Stage:
 FORBIDDEN_IN_ARTIFACT = ("tests/", "extensions/molecule/", "bench/", ".ci/", "Makefile", "requirements-test.txt")
 DOCUMENTED = (
     ["-t", "role", "permguard.secure.server"],
+    ["-t", "role", "permguard.secure.pki"],
     ["permguard.secure.grpc_tls_probe"],
     ["permguard.secure.certificate"],
     ["permguard.secure.ca"],
