@@ -134,6 +134,7 @@ FORBIDDEN_IN_ARTIFACT = ("tests/", "extensions/molecule/", "bench/", ".ci/", "Ma
 DOCUMENTED = (
     ["-t", "role", "permguard.secure.server"],
     ["-t", "role", "permguard.secure.pki"],
+    ["-t", "role", "permguard.secure.cli"],
     ["permguard.secure.grpc_tls_probe"],
     ["permguard.secure.certificate"],
     ["permguard.secure.ca"],
